@@ -1,0 +1,331 @@
+"""The runtime Kard API client: one long-lived ``httpx.AsyncClient``, batch sends, and the httpx error edge.
+
+Why it looks like this (PITFALLS §4):
+
+* **One client per process** (H5), HTTP/1.1 only (H4), ``trust_env=False`` (H9), no redirects, every
+  ``httpx.Limits`` / ``httpx.Timeout`` value explicit (H1).
+* **An overall deadline per request** (``asyncio.timeout(request_deadline)``), because httpx's read
+  timeout is per chunk (H2). It covers the token fetch, the send, the 401 retry and the capped body read.
+* **Cancellation safety** (H3: a request cancelled while it waits for a pool slot or connects can leak
+  the slot in httpcore ≤ 1.0.9). Requests pass a semaphore of ``max_connections`` permits *before* the
+  deadline starts, so a request never queues inside httpcore's pool and the deadline (or a shutdown
+  cancel) never hits one waiting there; waiting at our semaphore is cancellation-safe. Responses are
+  streamed and closed in ``finally``, so an expired deadline drops the connection instead of leaving it
+  checked out. ``statistics().pool_timeouts`` > 0 therefore means a leak (or a foreign user of the
+  pool): alert on it; recreating the client is the documented remedy.
+* **Foreign exceptions are translated here only**, by :meth:`KardClient._translated`, into the bridge's
+  ``DeliveryError`` tree (``raise ... from exc``). Timeouts, network and remote-protocol errors are
+  ``TransientDeliveryError``; errors that mean a bug or a misconfiguration (``LocalProtocolError``,
+  ``UnsupportedProtocol``, ``InvalidURL``…) are a plain ``DeliveryError``: not retryable, not a rejection
+  of any record, so the dispatcher must stop rather than dead-letter.
+* **The hot path** builds the body once by joining the items' pre-encoded bytes, sends it, reads at most
+  ``max_response_bytes``, and hands status, headers and bytes to the pure ``responses.classify_response``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import NamedTuple, Self
+
+import httpx
+import structlog
+from pydantic import SecretStr
+
+from bridge import __version__
+from bridge.errors import ConfigError, DeliveryError, TransientDeliveryError
+from bridge.kard.auth import KardAuth
+from bridge.kard.responses import BatchResponse, classify_response, read_capped
+from bridge.routes import MappedItem, Route
+
+__all__ = ["PING_PATH", "KardClient", "KardClientConfig", "KardClientStatistics"]
+
+PING_PATH = "v2/ping"
+_BODY_HEAD = b'{"data":['
+_BODY_TAIL = b"]}"
+_JSON_BODY = {"Content-Type": "application/json"}
+#: httpx failures worth retrying: the server or the network misbehaved, not our request.
+_TRANSIENT_HTTPX = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+    httpx.DecodingError,
+)
+
+_log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class KardClientConfig:
+    """Everything the Kard client needs; durations in seconds. ``repr`` masks the secret (``SecretStr``).
+
+    Attributes:
+        base_url: API root, e.g. ``https://rewards-api.getkard.com`` (http or https, may have a path).
+        client_id, client_secret: OAuth client credentials.
+        connect_timeout, read_timeout, write_timeout, pool_timeout: httpx's per-phase timeouts
+            (``read_timeout`` is per chunk, not total).
+        max_connections: pool size, and the number of requests the client lets in at once.
+        max_keepalive_connections: idle connections kept (≤ ``max_connections``).
+        keepalive_expiry: seconds an idle connection is kept; keep it below the server's idle timeout.
+        request_deadline: overall limit for one request, token fetch and 401 retry included.
+        token_refresh_skew: replace the token this many seconds before it expires.
+        max_response_bytes: response bodies are read up to this size; the rest is dropped.
+        user_agent: the ``User-Agent`` header.
+    """
+
+    base_url: str
+    client_id: str
+    client_secret: SecretStr
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    write_timeout: float = 30.0
+    pool_timeout: float = 30.0
+    max_connections: int = 16
+    max_keepalive_connections: int = 16
+    keepalive_expiry: float = 30.0
+    request_deadline: float = 60.0
+    token_refresh_skew: float = 60.0
+    max_response_bytes: int = 1024 * 1024
+    user_agent: str = f"kard-bridge/{__version__}"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.base_url.startswith(("https://", "http://")):
+            problems.append("base_url must start with https:// or http://")
+        if not self.client_id or not self.client_secret.get_secret_value():
+            problems.append("client_id and client_secret must not be empty")
+        positive = ("connect_timeout", "read_timeout", "write_timeout", "pool_timeout", "request_deadline")
+        problems += [f"{name} must be > 0" for name in positive if not getattr(self, name) > 0]
+        if not 1 <= self.max_keepalive_connections <= self.max_connections:
+            problems.append("need 1 <= max_keepalive_connections <= max_connections")
+        if not (self.keepalive_expiry >= 0 and self.token_refresh_skew >= 0 and self.max_response_bytes > 0):
+            problems.append("keepalive_expiry and token_refresh_skew must be >= 0, max_response_bytes > 0")
+        if problems:
+            raise ConfigError("invalid Kard client settings: " + "; ".join(problems))
+
+
+class KardClientStatistics(NamedTuple):
+    """A snapshot for the metrics layer.
+
+    Attributes:
+        in_flight: requests admitted and not finished.
+        requests_by_status: final HTTP status → count (API requests; token requests are not included).
+        transport_errors: requests that failed in httpx (timeouts, connection errors...).
+        deadline_expirations: requests cut by ``request_deadline``.
+        pool_timeouts: ``httpx.PoolTimeout`` seen; should stay 0 (see module docstring).
+        token_refreshes, token_failures, unauthorized_retries: from :class:`~bridge.kard.auth.KardAuth`.
+    """
+
+    in_flight: int
+    requests_by_status: Mapping[int, int]
+    transport_errors: int
+    deadline_expirations: int
+    pool_timeouts: int
+    token_refreshes: int
+    token_failures: int
+    unauthorized_retries: int
+
+
+class _Exchange(NamedTuple):
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    truncated: bool
+    elapsed: float
+
+
+class KardClient:
+    """Sends batches to the Kard API. An async context manager; ``aclose()`` is idempotent.
+
+    Args:
+        config: the client settings.
+        transport: an httpx transport to use instead of the network (``httpx.MockTransport`` in tests).
+        clock: monotonic seconds, for token expiry and ``elapsed`` (injected in tests).
+        wall_clock: epoch seconds, for ``Retry-After`` HTTP-dates and ``X-RateLimit-Reset``.
+    """
+
+    def __init__(
+        self,
+        config: KardClientConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._http = httpx.AsyncClient(
+            base_url=config.base_url,
+            headers={"User-Agent": config.user_agent, "Accept": "application/json"},
+            timeout=httpx.Timeout(
+                connect=config.connect_timeout,
+                read=config.read_timeout,
+                write=config.write_timeout,
+                pool=config.pool_timeout,
+            ),
+            limits=httpx.Limits(
+                max_connections=config.max_connections,
+                max_keepalive_connections=config.max_keepalive_connections,
+                keepalive_expiry=config.keepalive_expiry,
+            ),
+            http1=True,
+            http2=False,
+            trust_env=False,
+            follow_redirects=False,
+            transport=transport,
+        )
+        self._auth = KardAuth(
+            http=self._http,
+            client_id=config.client_id,
+            client_secret=config.client_secret,
+            refresh_skew=config.token_refresh_skew,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+        self._admission = asyncio.Semaphore(config.max_connections)
+        self._state = "new"  # → "open" (entered) → "closed"
+        self._in_flight = 0
+        self._by_status: Counter[int] = Counter()
+        self._transport_errors = 0
+        self._deadline_expirations = 0
+        self._pool_timeouts = 0
+
+    def __repr__(self) -> str:
+        return f"KardClient(base_url={self._config.base_url!r}, state={self._state})"
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise RuntimeError(f"KardClient cannot be entered when {self._state}")
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Safe to call more than once."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        await self._http.aclose()
+
+    def statistics(self) -> KardClientStatistics:
+        """Counters for the metrics layer (a snapshot; cheap)."""
+        auth = self._auth.statistics()
+        return KardClientStatistics(
+            in_flight=self._in_flight,
+            requests_by_status=dict(self._by_status),
+            transport_errors=self._transport_errors,
+            deadline_expirations=self._deadline_expirations,
+            pool_timeouts=self._pool_timeouts,
+            token_refreshes=auth.token_refreshes,
+            token_failures=auth.token_failures,
+            unauthorized_retries=auth.unauthorized_retries,
+        )
+
+    async def send_batch(self, route: Route, items: Sequence[MappedItem]) -> BatchResponse:
+        """POST ``{"data": [...items]}`` to ``route.path`` and classify the answer per item.
+
+        Args:
+            route: where the batch goes; every item must belong to it (not re-checked here).
+            items: at least one item; their ``encoded`` bytes are joined as they are.
+
+        Returns:
+            a :class:`BatchResponse` whose ``outcomes`` line up with ``items``.
+
+        Raises:
+            TransientDeliveryError: 408/429/5xx, transport error, timeout or deadline; retry the batch
+                after ``retry_after`` (when the server gave one).
+            AuthError: the credentials were refused (token endpoint 4xx, or 401 after one refresh).
+            DeliveryError: a bug or misconfiguration on our side (not retryable, not a rejection).
+            ValueError: ``items`` is empty.
+            RuntimeError: the client is closed.
+        """
+        if not items:
+            raise ValueError("send_batch needs at least one item")
+        body = b"".join((_BODY_HEAD, b",".join([item.encoded for item in items]), _BODY_TAIL))
+        exchange = await self._exchange("POST", route.path, body)
+        result = classify_response(
+            endpoint=route.endpoint,
+            status=exchange.status,
+            headers=exchange.headers,
+            body=exchange.body,
+            items=items,
+            elapsed=exchange.elapsed,
+            now=self._wall_clock(),
+            truncated=exchange.truncated,
+        )
+        if exchange.truncated:
+            _log.warning("kard_response_truncated", route=str(route), limit=self._config.max_response_bytes)
+        if not result.confirmed:
+            _log.warning(
+                "kard_batch_unconfirmed",
+                route=str(route),
+                items=len(items),
+                total_processed=result.summary.get("total_processed"),
+            )
+        return result
+
+    async def ping(self) -> bool:
+        """``GET v2/ping`` with a token: True on a 2xx, False on anything else (no bridge error escapes)."""
+        if self._state == "closed":
+            return False
+        try:
+            exchange = await self._exchange("GET", PING_PATH, None)
+        except DeliveryError as exc:
+            _log.warning("kard_ping_failed", error=type(exc).__name__, status=exc.status)
+            return False
+        if not 200 <= exchange.status <= 299:
+            _log.warning("kard_ping_failed", status=exchange.status)
+            return False
+        return True
+
+    async def _exchange(self, method: str, path: str, body: bytes | None) -> _Exchange:
+        if self._state == "closed":
+            raise RuntimeError("KardClient is closed")
+        async with self._admission:  # before the deadline: waiting here is backpressure, not request time
+            self._in_flight += 1
+            started = self._clock()
+            try:
+                with self._translated():
+                    headers = _JSON_BODY if body is not None else None
+                    request = self._http.build_request(method, path, content=body, headers=headers)
+                    async with asyncio.timeout(self._config.request_deadline):
+                        response = await self._http.send(request, auth=self._auth, stream=True)
+                        try:
+                            raw, truncated = await read_capped(response, self._config.max_response_bytes)
+                        finally:
+                            await response.aclose()
+            finally:
+                self._in_flight -= 1
+        self._by_status[response.status_code] += 1
+        return _Exchange(response.status_code, response.headers, raw, truncated, self._clock() - started)
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """The one place where httpx (and deadline) exceptions become bridge errors."""
+        try:
+            yield
+        except TimeoutError as exc:  # only asyncio.timeout raises the builtin; httpx has its own classes
+            self._deadline_expirations += 1
+            raise TransientDeliveryError(
+                f"Kard request exceeded its {self._config.request_deadline:g} s deadline"
+            ) from exc
+        except httpx.PoolTimeout as exc:
+            self._pool_timeouts += 1
+            self._transport_errors += 1
+            raise TransientDeliveryError("no free connection in the Kard client pool (PoolTimeout)") from exc
+        except (_TRANSIENT_HTTPX) as exc:
+            self._transport_errors += 1
+            raise TransientDeliveryError(f"Kard request failed: {type(exc).__name__}") from exc
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+            self._transport_errors += 1
+            raise DeliveryError(f"Kard request could not be made: {type(exc).__name__}") from exc
