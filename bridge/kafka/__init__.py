@@ -1,0 +1,8 @@
+"""The only package that imports aiokafka: a typed façade in seconds, returning ``bridge.records`` types."""
+
+from __future__ import annotations
+
+from bridge.kafka.consumer import BridgeConsumer, RebalanceHandler
+from bridge.kafka.producer import OutputProducer
+
+__all__ = ["BridgeConsumer", "OutputProducer", "RebalanceHandler"]
