@@ -20,6 +20,9 @@ class TopicPartition:
     topic: str
     partition: int
 
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]"
+
 
 @dataclass(frozen=True, slots=True)
 class RecordRef:

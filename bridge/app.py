@@ -1,0 +1,320 @@
+"""Composition root: builds the components, runs the consume→map→batch→dispatch pump, commits, drains.
+
+The pump is one coroutine; everything it starts runs in TaskGroups owned by components entered
+through one ``AsyncExitStack`` (dispatcher, Kard client, producer, consumer, health server).
+
+Per record: ``track`` (offsets) → ``admit`` (flow) → ``map_record`` → ``Batcher.add`` → ``Dispatcher``
+→ outcome record acked → ``finish`` + ``release``. Poison records skip the API: their failure record
+is produced (and acked) right in the pump, so they never fail their neighbours.
+
+Backpressure: when buffered records/bytes pass the high watermarks every assigned partition is
+paused while polling continues (the member is not evicted, PITFALLS A5); pauses are re-applied after
+each rebalance (A6) by the consumer façade.
+
+Commit order (I1, I2, I3): outcome acked → offset finished → ``OffsetTracker.committable()`` →
+explicit commit of owned partitions only. On revoke: drop unsent entries of the revoked partitions,
+wait (bounded) for their in-flight batches, commit what finished, forget the partitions.
+
+Shutdown (SIGTERM/SIGINT): stop fetching, flush open batches, drain in-flight within
+``drain_timeout``, flush the producer, commit, leave the group, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import structlog
+
+from bridge.config import Settings
+from bridge.dispatch import Dispatcher
+from bridge.errors import RecordError
+from bridge.events.common import EventKind
+from bridge.kafka import BridgeConsumer, OutputProducer
+from bridge.kard.client import KardClient, KardClientConfig
+from bridge.mapping import MappingContext, map_record
+from bridge.outputs import OutcomePublisher
+from bridge.pipeline.batcher import BatchEntry, Batcher
+from bridge.pipeline.flow import FlowControl
+from bridge.pipeline.offsets import OffsetTracker
+from bridge.pipeline.retry import Backoff, RetryPolicy
+from bridge.records import SourceRecord, TopicPartition
+
+__all__ = ["Bridge", "BridgeStatistics", "mapping_context", "run_bridge"]
+
+_log = structlog.get_logger("bridge.app")
+
+
+class BridgeStatistics(NamedTuple):
+    """Counters for the demo's progress line, metrics and tests."""
+
+    consumed: int
+    mapped: int
+    poison: int
+    committed_partitions: int
+    paused: bool
+
+
+class Bridge:
+    """One bridge instance: a consumer group member that forwards its partitions to the Kard API."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        b = settings.bridge
+        self.tracker = OffsetTracker()
+        self.flow = FlowControl(
+            high_records=b.buffer_max_records,
+            low_records=b.buffer_max_records // 2,
+            high_bytes=b.buffer_max_bytes,
+            low_bytes=b.buffer_max_bytes // 2,
+        )
+        self.batcher = Batcher(max_bytes=b.batch_max_bytes, linger=b.linger, max_items=b.batch_max_items)
+        self.mapping = mapping_context(settings)
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.consumed = 0
+        self.mapped = 0
+        self.poison = 0
+        self.committed: dict[TopicPartition, int] = {}
+        self._consumer: BridgeConsumer | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._outputs: OutcomePublisher | None = None
+        self._producer: OutputProducer | None = None
+        self._client: KardClient | None = None
+        self._commit_lock = asyncio.Lock()
+        self._held: dict[TopicPartition, list[int]] = {}  # per partition: [records, bytes] not finished
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` (or a signal) and drain; raises only on non-data errors."""
+        s = self.settings
+        client_config = KardClientConfig(
+            base_url=s.kard.api_base_url,
+            client_id=s.kard.client_id,
+            client_secret=s.kard.client_secret,
+            connect_timeout=s.kard.connect_timeout,
+            read_timeout=s.kard.read_timeout,
+            write_timeout=s.kard.write_timeout,
+            pool_timeout=s.kard.pool_timeout,
+            max_connections=s.bridge.max_in_flight,
+            max_keepalive_connections=s.bridge.max_in_flight,
+            keepalive_expiry=s.kard.keepalive_expiry,
+            request_deadline=s.kard.request_deadline,
+            token_refresh_skew=s.kard.token_refresh_skew,
+        )
+        policy = RetryPolicy(
+            backoff=Backoff(base=s.bridge.retry_base, cap=s.bridge.retry_cap),
+            max_retry_time=s.bridge.max_retry_time,
+            max_retry_after=s.bridge.max_retry_after,
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            self._client = await stack.enter_async_context(KardClient(client_config))
+            self._producer = await stack.enter_async_context(
+                OutputProducer(s.kafka.common_kwargs(), client_id=f"{s.kafka.client_id}-outputs")
+            )
+            self._outputs = OutcomePublisher(self._producer, s, on_finished=self._finished)
+            self._dispatcher = await stack.enter_async_context(
+                Dispatcher(self._client, self._outputs, max_in_flight=s.bridge.max_in_flight, policy=policy)
+            )
+            self._consumer = BridgeConsumer(
+                s.bridge.input_topics,
+                group_id=s.bridge.group_id,
+                handler=self,
+                consumer_kwargs=s.kafka.to_consumer_kwargs(),
+            )
+            await stack.enter_async_context(self._consumer)
+            _log.info("bridge_started", topics=list(s.bridge.input_topics), group_id=s.bridge.group_id)
+            try:
+                await self._pump()
+            finally:
+                await self._drain()
+
+    def stop(self) -> None:
+        """Ask the bridge to drain and exit (idempotent; safe from a signal handler)."""
+        self.stopping.set()
+
+    def statistics(self) -> BridgeStatistics:
+        return BridgeStatistics(
+            consumed=self.consumed,
+            mapped=self.mapped,
+            poison=self.poison,
+            committed_partitions=len(self.committed),
+            paused=self._consumer.holding_back if self._consumer else False,
+        )
+
+    # -- the pump ------------------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        consumer, dispatcher = self._require()
+        interval = self.settings.bridge.commit_interval
+        next_commit = time.monotonic() + interval
+        while not self.stopping.is_set():
+            due = self.batcher.next_due()
+            now = time.monotonic()
+            timeout = 0.1 if due is None else min(0.1, max(0.0, due - now))
+            records = await consumer.getmany(timeout=timeout, max_records=2000)
+            if records:
+                await self._ingest(records)
+            now = time.monotonic()
+            for batch in self.batcher.due(now):
+                dispatcher.submit(batch)
+            self._apply_backpressure(consumer)
+            if now >= next_commit:
+                await self.commit()
+                next_commit = now + interval
+
+    async def _ingest(self, records: list[SourceRecord]) -> None:
+        _, dispatcher = self._require()
+        outputs = self._outputs
+        assert outputs is not None
+        now = time.monotonic()
+        poison: list[tuple[SourceRecord, RecordError]] = []
+        ctx = self.mapping
+        for record in records:
+            try:
+                if not self.tracker.track(record.ref):
+                    continue  # fetched just before its partition was revoked: the next owner has it
+            except ValueError:
+                continue  # re-delivery of an offset already tracked or committed in this assignment
+            self.consumed += 1
+            size = len(record.value or b"")
+            self.flow.admit(1, size)
+            held = self._held.setdefault(record.tp, [0, 0])
+            held[0] += 1
+            held[1] += size
+            try:
+                item = map_record(record, ctx)
+            except RecordError as exc:
+                poison.append((record, exc))
+                continue
+            self.mapped += 1
+            for batch in self.batcher.add(BatchEntry(record.ref, item, record), now):
+                dispatcher.submit(batch)
+        if poison:
+            self.poison += len(poison)
+            await outputs.record_failures(poison)
+
+    def _apply_backpressure(self, consumer: BridgeConsumer) -> None:
+        if not consumer.holding_back and self.flow.should_pause():
+            consumer.pause_all()
+            self.flow.mark_paused()
+            _log.info("partitions_paused", buffered=self.flow.statistics().records)
+        elif consumer.holding_back and self.flow.should_resume():
+            consumer.resume_all()
+            self.flow.mark_resumed()
+            _log.info("partitions_resumed", buffered=self.flow.statistics().records)
+
+    def _finished(self, record: SourceRecord) -> None:
+        """An outcome record for ``record`` was acked by Kafka: its offset may now be committed."""
+        if self.tracker.finish(record.ref):
+            size = len(record.value or b"")
+            self.flow.release(1, size)
+            held = self._held.get(record.tp)
+            if held is not None:
+                held[0] -= 1
+                held[1] -= size
+
+    async def commit(self) -> dict[TopicPartition, int]:
+        """Commit every partition whose contiguous finished watermark advanced."""
+        consumer, _ = self._require()
+        async with self._commit_lock:
+            offsets = self.tracker.committable()
+            if not offsets:
+                return {}
+            done = await consumer.commit(offsets)
+            if done:
+                self.tracker.mark_committed(done)
+                self.committed.update(done)
+                _log.debug("offsets_committed", partitions=len(done))
+            return done
+
+    # -- rebalance (called by the consumer façade inside aiokafka's rebalance task) -------------------
+
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        consumer, dispatcher = self._require()
+        dropped = self.batcher.remove_partitions(partitions)  # never sent; the next owner sends them
+        budget = min(self.settings.bridge.drain_timeout, self.settings.kafka.session_timeout * 0.8)
+        drained = await dispatcher.wait_partitions(partitions, timeout=budget)
+        await self.commit()
+        for tp in partitions:
+            # Unfinished records stay uncommitted for the next owner; stop counting them as buffered
+            # (a late ack finds the partition revoked and releases nothing twice).
+            records, size = self._held.pop(tp, (0, 0))
+            if records:
+                self.flow.release(records, size)
+            self.tracker.revoke(tp)
+            self.committed.pop(tp, None)
+        _log.info("revoke_handled", partitions=len(partitions), dropped=len(dropped), drained=drained)
+        del consumer
+
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        consumer, _ = self._require()
+        for tp in partitions:
+            committed = await consumer.committed(tp)
+            if tp in self.tracker.assigned():
+                self.tracker.revoke(tp)
+            self.tracker.assign(tp, committed)
+        self.ready.set()
+
+    # -- shutdown ------------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        consumer, dispatcher = self._require()
+        deadline = time.monotonic() + self.settings.bridge.drain_timeout
+        consumer.pause_all()  # stop fetching; the group membership stays until we leave it below
+        for batch in self.batcher.flush_all():
+            dispatcher.submit(batch)
+        idle = await dispatcher.wait_idle(timeout=max(0.0, deadline - time.monotonic()))
+        if not idle:
+            cancelled = dispatcher.cancel_all()
+            _log.warning("drain_timed_out", batches_cancelled=cancelled)
+        if self._producer is not None:
+            with contextlib.suppress(TimeoutError):
+                await self._producer.flush(timeout=max(1.0, deadline - time.monotonic()))
+        await self.commit()
+        _log.info("bridge_drained", consumed=self.consumed, poison=self.poison, clean=idle)
+
+    def _require(self) -> tuple[BridgeConsumer, Dispatcher]:
+        if self._consumer is None or self._dispatcher is None:
+            raise RuntimeError("bridge is not running")
+        return self._consumer, self._dispatcher
+
+
+def mapping_context(settings: Settings) -> MappingContext:
+    """The mapping's view of the settings: which kind each input topic carries, org, modes, hook."""
+    b = settings.bridge
+    kinds = {
+        b.transactions_topic: EventKind.CARD_TRANSACTION,
+        b.eligibility_topic: EventKind.ELIGIBILITY,
+        b.attributions_topic: EventKind.ATTRIBUTION,
+    }
+    return MappingContext(
+        kind_by_topic={topic: kind for topic, kind in kinds.items() if topic},
+        organization_id=settings.kard.organization_id or None,
+        attribution_mode=b.attribution_mode,
+        max_value_bytes=b.max_value_bytes,
+        hook=MappingContext.load_hook(b.mapping_hook) if b.mapping_hook else None,
+    )
+
+
+async def run_bridge(settings: Settings, *, on_started: Callable[[Bridge], None] | None = None) -> int:
+    """Run one bridge until SIGTERM/SIGINT, then drain; returns the exit code (0 after a clean drain)."""
+    bridge = Bridge(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, bridge.stop)
+    if on_started is not None:
+        on_started(bridge)
+    try:
+        await bridge.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    return 0

@@ -1,0 +1,256 @@
+"""Outcome records: one result or one failure record per input record, and the acks that finish offsets.
+
+Every input record ends in exactly one outcome (I1): a *result* on ``<input>.results`` when the API
+took it, or a *failure* on ``<input>.dlq`` when it cannot be delivered (poison, rejected, retries
+exhausted). Only when Kafka acknowledged that outcome record is the input offset *finished*
+(``on_finished``), which lets the offset tracker move the commit watermark past it.
+
+Failure records keep the input's key, value and headers byte for byte and add ``kard-bridge.*``
+headers (see ``bridge.events.outcomes``), which is all ``kard-bridge replay`` needs. An outcome record
+whose produce fails is produced again with back-off until it succeeds: its input offset stays
+unfinished (and uncommitted) meanwhile, and the flow control pauses the consumer if that lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from bridge import __version__
+from bridge.config import Settings
+from bridge.dispatch import DeliveryFailure
+from bridge.errors import OutputError, RecordError
+from bridge.events.outcomes import (
+    ApiSummary,
+    FailureHeaders,
+    ReasonClass,
+    build_result_value,
+    replay_count_of,
+    sanitize_text,
+)
+from bridge.kafka import OutputProducer
+from bridge.kard.responses import BatchResponse, ItemOutcome
+from bridge.pipeline.batcher import BatchEntry
+from bridge.records import Header, SourceRecord
+from bridge.routes import Route
+
+__all__ = ["OutcomePublisher"]
+
+_log = structlog.get_logger("bridge.outputs")
+
+_Message = tuple[str, bytes | None, bytes | None, Sequence[Header], SourceRecord]
+#: replay provenance headers survive a new failure (the loop guard counts on them); see bridge.replay
+_PROVENANCE = frozenset({"kard-bridge.replay-id", "kard-bridge.replayed-from"})
+
+
+class OutcomePublisher:
+    """Builds outcome records, produces them, and reports each input record once its outcome is acked."""
+
+    def __init__(
+        self,
+        producer: OutputProducer,
+        settings: Settings,
+        *,
+        on_finished: Callable[[SourceRecord], None],
+    ) -> None:
+        self._producer = producer
+        self._bridge = settings.bridge
+        self._on_finished = on_finished
+        self._instance = settings.bridge.instance_id
+        self.results = 0
+        self.failures = 0
+        self.failures_by_reason: dict[str, int] = {}
+        self.produce_retries = 0
+
+    # -- OutcomeSink (called by the dispatcher) -----------------------------------------------------
+
+    async def delivered(
+        self,
+        route: Route,
+        entries: Sequence[BatchEntry],
+        response: BatchResponse,
+        outcomes: Sequence[ItemOutcome],
+        attempts: int,
+        latency: float,
+    ) -> None:
+        """Publish a result record for each accepted entry, then finish their offsets."""
+        completed = datetime.now(UTC)
+        first_attempt = datetime.fromtimestamp(completed.timestamp() - latency, UTC)
+        summary = response.summary
+        api = ApiSummary(
+            job_id=summary.get("job_id"),
+            job_status=summary.get("job_status"),
+            total_processed=summary.get("total_processed"),
+            batch_items=len(response.outcomes) or None,
+            partial=response.status == 207,
+        )
+        messages: list[_Message] = []
+        for entry in entries:  # unconfirmed items (bulk count mismatch) are logged by the client
+            record = _record(entry)
+            value = build_result_value(
+                record,
+                entry.item,
+                http_status=response.status,
+                response=api,
+                attempts=attempts,
+                latency_ms=latency * 1000,
+                first_attempt_at=first_attempt,
+                completed_at=completed,
+                instance_id=self._instance,
+                bridge_version=__version__,
+            )
+            messages.append((self._bridge.results_topic(record.topic), value, record.key, (), record))
+        await self._publish(messages)
+        self.results += len(messages)
+
+    async def undeliverable(self, route: Route, failures: Sequence[tuple[BatchEntry, DeliveryFailure]]) -> None:
+        """Publish a failure record for each entry the API would not take."""
+        messages: list[_Message] = []
+        for entry, failure in failures:
+            record = _record(entry)
+            reason_class = (
+                ReasonClass.REJECTED if failure.reason == "rejected" else ReasonClass.RETRIES_EXHAUSTED
+            )
+            messages.append(
+                self._failure_message(
+                    record,
+                    reason=failure.reason,
+                    reason_class=reason_class,
+                    message=failure.message,
+                    http_status=failure.http_status,
+                    api_detail=failure.api_detail,
+                    api_pointer=failure.api_pointer,
+                    attempts=failure.attempts,
+                    first_failure_at=failure.first_failure_at,
+                    last_failure_at=failure.last_failure_at,
+                    event_id=entry.item.event_id or None,
+                    item_id=entry.item.item_id,
+                    route=route,
+                )
+            )
+        await self._publish(messages)
+
+    # -- poison records (called by the pump) --------------------------------------------------------
+
+    async def record_failures(self, poison: Sequence[tuple[SourceRecord, RecordError]]) -> None:
+        """Dead-letter records that could not be decoded, validated or mapped (never sent to the API)."""
+        now = time.time()
+        messages = [
+            self._failure_message(
+                record,
+                reason=error.reason,
+                reason_class=ReasonClass(error.reason_class),
+                message=error.message,
+                pointer=error.pointer,
+                attempts=0,
+                first_failure_at=now,
+                last_failure_at=now,
+            )
+            for record, error in poison
+        ]
+        await self._publish(messages)
+
+    # -- producing ----------------------------------------------------------------------------------
+
+    def _failure_message(
+        self,
+        record: SourceRecord,
+        *,
+        reason: str,
+        reason_class: ReasonClass,
+        message: str,
+        attempts: int,
+        first_failure_at: float,
+        last_failure_at: float,
+        pointer: str | None = None,
+        http_status: int | None = None,
+        api_detail: str | None = None,
+        api_pointer: str | None = None,
+        event_id: str | None = None,
+        item_id: str | None = None,
+        route: Route | None = None,
+    ) -> _Message:
+        """The DLQ record: the input's key, value and headers verbatim, plus ``kard-bridge.*`` headers."""
+        failure = FailureHeaders.model_validate(
+            {
+                "reason": reason,
+                "reason_class": reason_class,
+                "message": sanitize_text(message),
+                "pointer": sanitize_text(pointer) if pointer else None,
+                "http_status": http_status,
+                "api_detail": sanitize_text(api_detail) if api_detail else None,
+                "api_pointer": sanitize_text(api_pointer) if api_pointer else None,
+                "attempts": attempts,
+                "first_failure_at": datetime.fromtimestamp(first_failure_at, UTC),
+                "last_failure_at": datetime.fromtimestamp(last_failure_at, UTC),
+                "source_topic": record.topic,
+                "source_partition": record.partition,
+                "source_offset": record.offset,
+                "source_timestamp": record.timestamp_ms,
+                "event_id": event_id,
+                "item_id": item_id,
+                "route": route.endpoint if route else None,
+                "bridge_version": __version__,
+                "bridge_instance": self._instance,
+                "replay_count": replay_count_of(record.headers),
+            },
+            by_name=True,
+        )
+        # Earlier kard-bridge.* headers (from a previous failure of a replayed record) are replaced.
+        kept = [h for h in record.headers if not h[0].startswith("kard-bridge.") or h[0] in _PROVENANCE]
+        headers = kept + list(failure.to_headers())
+        self.failures += 1
+        self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + 1
+        _log.info(
+            "record_dead_lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason,
+            status=http_status,
+        )
+        return (self._bridge.dlq_topic(record.topic), record.value, record.key, headers, record)
+
+    async def _publish(self, messages: Sequence[_Message]) -> None:
+        """Produce all messages, wait for their acks, finish their inputs; re-produce failed ones."""
+        todo = list(messages)
+        attempt = 0
+        while todo:
+            attempt += 1
+            futures: list[tuple[asyncio.Future[Any] | None, _Message]] = []
+            for message in todo:
+                topic, value, key, headers, _ = message
+                try:
+                    fut: asyncio.Future[Any] | None = await self._producer.send(topic, value, key, headers)
+                except OutputError as exc:
+                    _log.warning("outcome_enqueue_failed", topic=topic, error=str(exc), attempt=attempt)
+                    fut = None
+                futures.append((fut, message))
+            failed: list[_Message] = []
+            for fut, message in futures:
+                if fut is None:
+                    failed.append(message)
+                    continue
+                try:
+                    await fut
+                except Exception as exc:  # noqa: BLE001 - any produce error means: not acked, try again
+                    _log.warning("outcome_not_acked", topic=message[0], error=type(exc).__name__, attempt=attempt)
+                    failed.append(message)
+                    continue
+                self._on_finished(message[4])
+            todo = failed
+            if todo:
+                self.produce_retries += len(todo)
+                await asyncio.sleep(min(30.0, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
+
+
+def _record(entry: BatchEntry) -> SourceRecord:
+    if entry.record is None:  # pragma: no cover - the pump always attaches the record
+        raise ValueError("batch entry without its source record")
+    return entry.record

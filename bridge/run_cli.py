@@ -1,0 +1,56 @@
+"""``kard-bridge run``: start one bridge instance (a consumer group member) until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import orjson
+
+from bridge.config import load_settings
+from bridge.errors import ConfigError
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``run`` subcommand."""
+    parser = subparsers.add_parser(
+        "run",
+        help="run the bridge (configuration from KAFKA_*, KARD_*, BRIDGE_* environment variables)",
+        description="Consume the input topics, forward to the Kard API, publish results and failures, commit.",
+    )
+    parser.add_argument("--config", help="optional TOML file with [kafka], [kard], [bridge] tables")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the effective configuration (secrets masked) and exit"
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"kard-bridge: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(orjson.dumps(settings.masked(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+        return 0
+    from bridge.app import run_bridge
+    from bridge.observability.logging import configure_logging
+
+    configure_logging(settings.bridge.log_level, settings.bridge.log_format)
+    return _asyncio_run(run_bridge(settings))
+
+
+def _asyncio_run(coro: Any) -> int:
+    """Run on uvloop when it is installed (faster sockets and callbacks), else the default loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a default dependency on Linux
+        result: int = asyncio.run(coro)
+        return result
+    result = uvloop.run(coro)
+    return int(result)

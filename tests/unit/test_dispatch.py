@@ -1,0 +1,205 @@
+"""Dispatcher behaviour with a scripted sender: order per key, retries, 207 splits, bisection, give-up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+import orjson
+
+from bridge.dispatch import DeliveryFailure, Dispatcher
+from bridge.errors import AuthError, TransientDeliveryError
+from bridge.kard.responses import ACCEPTED, BISECT, BatchResponse, ItemOutcome, OutcomeKind
+from bridge.pipeline.batcher import Batch, BatchEntry
+from bridge.pipeline.retry import Backoff, RetryPolicy
+from bridge.records import RecordRef, SourceRecord
+from bridge.routes import Endpoint, MappedItem, Route
+
+ROUTE = Route(Endpoint.TRANSACTIONS, "org-1")
+
+Script = Callable[[Sequence[MappedItem]], BatchResponse]
+
+
+def _entry(offset: int, key: str, item_id: str | None = None) -> BatchEntry:
+    item = {"type": "transaction", "id": item_id or f"e{offset}", "attributes": {"userId": key}}
+    mapped = MappedItem(ROUTE, item, item_id or f"e{offset}", key, orjson.dumps(item), f"e{offset}")
+    record = SourceRecord("t", 0, offset, key.encode(), b"{}", (), 0)
+    return BatchEntry(RecordRef("t", 0, offset), mapped, record)
+
+
+def _batch(entries: Sequence[BatchEntry]) -> Batch:
+    return Batch(ROUTE, tuple(entries), 0.0, 0)
+
+
+def _ok(items: Sequence[MappedItem]) -> BatchResponse:
+    return BatchResponse(202, 0.0, {}, tuple(ACCEPTED for _ in items))
+
+
+class ScriptedSender:
+    """Answers each request with the next scripted behaviour (default: accept all) and logs what it got."""
+
+    def __init__(self, *script: Script | BaseException, delay: float = 0.0) -> None:
+        self.script = list(script)
+        self.requests: list[list[str]] = []
+        self.delay = delay
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def send_batch(self, route: Route, items: Sequence[MappedItem]) -> BatchResponse:
+        self.requests.append([i.item_id for i in items])
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
+        step = self.script.pop(0) if self.script else _ok
+        if isinstance(step, BaseException):
+            raise step
+        return step(items)
+
+
+class RecordingSink:
+    """Collects outcomes in the order they were published."""
+
+    def __init__(self) -> None:
+        self.accepted: list[str] = []
+        self.failed: list[tuple[str, DeliveryFailure]] = []
+
+    async def delivered(
+        self,
+        route: Route,
+        entries: Sequence[BatchEntry],
+        response: BatchResponse,
+        outcomes: Sequence[ItemOutcome],
+        attempts: int,
+        latency: float,
+    ) -> None:
+        self.accepted.extend(e.item.item_id for e in entries)
+
+    async def undeliverable(self, route: Route, failures: Sequence[tuple[BatchEntry, DeliveryFailure]]) -> None:
+        self.failed.extend((e.item.item_id, f) for e, f in failures)
+
+
+def _dispatcher(sender: ScriptedSender, sink: RecordingSink, **policy: float | None) -> Dispatcher:
+    retry = RetryPolicy(backoff=Backoff(base=0.001, cap=0.01), **policy)  # type: ignore[arg-type]
+    return Dispatcher(sender, sink, max_in_flight=4, policy=retry, rand=lambda: 0.5)
+
+
+async def test_same_key_batches_are_sent_in_submission_order() -> None:
+    """A later batch for a key waits for the earlier one, even when the earlier one is slow."""
+    sender = ScriptedSender(delay=0.02)
+    sink = RecordingSink()
+    async with _dispatcher(sender, sink) as d:
+        d.submit(_batch([_entry(0, "u1", "approved")]))
+        d.submit(_batch([_entry(1, "u1", "settled"), _entry(2, "u2", "other")]))
+        assert await d.wait_idle(timeout=5)
+    assert sender.requests == [["approved"], ["settled", "other"]]
+    assert sink.accepted == ["approved", "settled", "other"]
+
+
+async def test_independent_keys_go_in_parallel() -> None:
+    """Batches with disjoint keys are in flight together, bounded by max_in_flight."""
+    sender = ScriptedSender(delay=0.05)
+    sink = RecordingSink()
+    async with _dispatcher(sender, sink) as d:
+        for i in range(8):
+            d.submit(_batch([_entry(i, f"u{i}")]))
+        assert await d.wait_idle(timeout=5)
+    assert 1 < sender.max_in_flight <= 4
+    assert sorted(sink.accepted) == sorted(f"e{i}" for i in range(8))
+
+
+async def test_repeated_key_inside_a_batch_is_split_into_waves() -> None:
+    """Two events of one key in one batch go in two requests, the earlier first."""
+    sender = ScriptedSender()
+    sink = RecordingSink()
+    async with _dispatcher(sender, sink) as d:
+        d.submit(_batch([_entry(0, "u1", "a1"), _entry(1, "u2", "b1"), _entry(2, "u1", "a2")]))
+        assert await d.wait_idle(timeout=5)
+    assert sender.requests == [["a1", "b1"], ["a2"]]
+
+
+async def test_transient_errors_are_retried_honouring_retry_after() -> None:
+    """A 429 with a short Retry-After is retried and then delivered, nothing dead-lettered."""
+    sender = ScriptedSender(TransientDeliveryError("429", status=429, retry_after=0.05))
+    sink = RecordingSink()
+    loop = asyncio.get_running_loop()
+    async with _dispatcher(sender, sink) as d:
+        start = loop.time()
+        d.submit(_batch([_entry(0, "u1")]))
+        assert await d.wait_idle(timeout=5)
+        waited = loop.time() - start
+    assert len(sender.requests) == 2
+    assert waited >= 0.05
+    assert sink.accepted == ["e0"] and not sink.failed
+
+
+async def test_207_rejects_one_item_and_retries_another_alone() -> None:
+    """Per-item outcomes: rejected → failure, retry → re-sent alone, accepted → result."""
+
+    def partial(items: Sequence[MappedItem]) -> BatchResponse:
+        outcomes = (
+            ACCEPTED,
+            ItemOutcome(OutcomeKind.REJECTED, 400, "Invalid", "cardBIN", "/data/1/attributes/cardBIN"),
+            ItemOutcome(OutcomeKind.RETRY, 503),
+        )
+        return BatchResponse(207, 0.0, {}, outcomes)
+
+    sender = ScriptedSender(partial)
+    sink = RecordingSink()
+    async with _dispatcher(sender, sink) as d:
+        d.submit(_batch([_entry(0, "u1"), _entry(1, "u2"), _entry(2, "u3")]))
+        assert await d.wait_idle(timeout=5)
+    assert sender.requests == [["e0", "e1", "e2"], ["e2"]]
+    assert sink.accepted == ["e0", "e2"]
+    assert [(i, f.reason, f.http_status, f.api_pointer) for i, f in sink.failed] == [
+        ("e1", "rejected", 400, "/data/1/attributes/cardBIN")
+    ]
+
+
+async def test_whole_batch_400_is_bisected_down_to_the_culprit() -> None:
+    """A 400 naming no item splits the batch until the bad item stands alone; the rest are delivered."""
+
+    def judge(items: Sequence[MappedItem]) -> BatchResponse:
+        bad = any(i.item_id == "e2" for i in items)
+        if not bad:
+            return _ok(items)
+        if len(items) == 1:
+            return BatchResponse(400, 0.0, {}, (ItemOutcome(OutcomeKind.REJECTED, 400, "Invalid"),))
+        return BatchResponse(400, 0.0, {}, tuple(BISECT for _ in items))
+
+    sender = ScriptedSender(*([judge] * 10))
+    sink = RecordingSink()
+    async with _dispatcher(sender, sink) as d:
+        d.submit(_batch([_entry(i, f"u{i}") for i in range(5)]))
+        assert await d.wait_idle(timeout=5)
+    assert sorted(sink.accepted) == ["e0", "e1", "e3", "e4"]
+    assert [i for i, _ in sink.failed] == ["e2"]
+
+
+async def test_retries_exhausted_becomes_a_failure() -> None:
+    """With a maximum retry time, a batch that keeps failing ends as retries_exhausted failures."""
+    errors = [TransientDeliveryError("503", status=503) for _ in range(1000)]
+    sender = ScriptedSender(*errors)
+    sink = RecordingSink()
+    async with _dispatcher(sender, sink, max_retry_time=0.05) as d:
+        d.submit(_batch([_entry(0, "u1"), _entry(1, "u2")]))
+        assert await d.wait_idle(timeout=5)
+    assert not sink.accepted
+    assert {(i, f.reason, f.http_status) for i, f in sink.failed} == {
+        ("e0", "retries_exhausted", 503),
+        ("e1", "retries_exhausted", 503),
+    }
+    assert all(f.attempts >= 2 for _, f in sink.failed)
+
+
+async def test_auth_failures_hold_back_and_never_dead_letter() -> None:
+    """Refused credentials are retried even past max_retry_time: they are not the records' fault."""
+    sender = ScriptedSender(*[AuthError("401", status=401) for _ in range(5)])
+    sink = RecordingSink()
+    async with _dispatcher(sender, sink, max_retry_time=0.0) as d:
+        d.submit(_batch([_entry(0, "u1")]))
+        assert await d.wait_idle(timeout=5)
+        assert d.statistics().auth_failures == 5
+    assert sink.accepted == ["e0"] and not sink.failed
