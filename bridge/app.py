@@ -38,11 +38,12 @@ from bridge.kafka import BridgeConsumer, OutputProducer
 from bridge.kard.client import KardClient, KardClientConfig
 from bridge.mapping import MappingContext, map_record
 from bridge.outputs import OutcomePublisher
-from bridge.pipeline.batcher import BatchEntry, Batcher
+from bridge.pipeline.batcher import Batch, BatchEntry, Batcher
 from bridge.pipeline.flow import FlowControl
 from bridge.pipeline.offsets import OffsetTracker
 from bridge.pipeline.retry import Backoff, RetryPolicy
 from bridge.records import SourceRecord, TopicPartition
+from bridge.routes import Route
 
 __all__ = ["Bridge", "BridgeStatistics", "mapping_context", "run_bridge"]
 
@@ -87,6 +88,9 @@ class Bridge:
         self._client: KardClient | None = None
         self._commit_lock = asyncio.Lock()
         self._held: dict[TopicPartition, list[int]] = {}  # per partition: [records, bytes] not finished
+        # (partition, ordering key) -> route of the open batch holding that key's latest record: a key
+        # never sits in two open batches, so batches are submitted in its input order (see _ingest).
+        self._open_keys: dict[tuple[TopicPartition, str], Route] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -128,15 +132,32 @@ class Bridge:
                 consumer_kwargs=s.kafka.to_consumer_kwargs(),
             )
             await stack.enter_async_context(self._consumer)
+            tasks = await stack.enter_async_context(asyncio.TaskGroup())
+            retries = tasks.create_task(self._outputs.run_retries())
             _log.info("bridge_started", topics=list(s.bridge.input_topics), group_id=s.bridge.group_id)
             try:
                 await self._pump()
             finally:
                 await self._drain()
+                retries.cancel()
 
     def stop(self) -> None:
         """Ask the bridge to drain and exit (idempotent; safe from a signal handler)."""
         self.stopping.set()
+
+    @property
+    def results(self) -> int:
+        """Result records produced so far (each input is finished only once its result is acked)."""
+        return self._outputs.results if self._outputs else 0
+
+    @property
+    def failures(self) -> int:
+        """Failure (dead-letter) records produced so far."""
+        return self._outputs.failures if self._outputs else 0
+
+    @property
+    def failures_by_reason(self) -> dict[str, int]:
+        return dict(self._outputs.failures_by_reason) if self._outputs else {}
 
     def statistics(self) -> BridgeStatistics:
         return BridgeStatistics(
@@ -150,7 +171,7 @@ class Bridge:
     # -- the pump ------------------------------------------------------------------------------------
 
     async def _pump(self) -> None:
-        consumer, dispatcher = self._require()
+        consumer, _ = self._require()
         interval = self.settings.bridge.commit_interval
         next_commit = time.monotonic() + interval
         while not self.stopping.is_set():
@@ -161,15 +182,13 @@ class Bridge:
             if records:
                 await self._ingest(records)
             now = time.monotonic()
-            for batch in self.batcher.due(now):
-                dispatcher.submit(batch)
+            self._submit(self.batcher.due(now))
             self._apply_backpressure(consumer)
             if now >= next_commit:
                 await self.commit()
                 next_commit = now + interval
 
     async def _ingest(self, records: list[SourceRecord]) -> None:
-        _, dispatcher = self._require()
         outputs = self._outputs
         assert outputs is not None
         now = time.monotonic()
@@ -193,11 +212,27 @@ class Bridge:
                 poison.append((record, exc))
                 continue
             self.mapped += 1
-            for batch in self.batcher.add(BatchEntry(record.ref, item, record), now):
-                dispatcher.submit(batch)
+            key = (record.tp, item.ordering_key)
+            open_route = self._open_keys.get(key)
+            if open_route is not None and open_route != item.route:
+                # The key's previous record waits in another route's open batch (a fraud marker after a
+                # transaction, another organization...): send that first, or this one could overtake it.
+                self._submit(self.batcher.flush_all())
+            self._submit(self.batcher.add(BatchEntry(record.ref, item, record), now))
+            self._open_keys[key] = item.route
         if poison:
             self.poison += len(poison)
             await outputs.record_failures(poison)
+
+    def _submit(self, batches: list[Batch]) -> None:
+        """Hand closed batches to the dispatcher, in order; their keys are no longer in an open batch."""
+        _, dispatcher = self._require()
+        for batch in batches:
+            for entry in batch.entries:
+                key = (entry.ref.tp, entry.item.ordering_key)
+                if self._open_keys.get(key) == batch.route:
+                    del self._open_keys[key]
+            dispatcher.submit(batch)
 
     def _apply_backpressure(self, consumer: BridgeConsumer) -> None:
         if not consumer.holding_back and self.flow.should_pause():
@@ -238,8 +273,12 @@ class Bridge:
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
         consumer, dispatcher = self._require()
         dropped = self.batcher.remove_partitions(partitions)  # never sent; the next owner sends them
+        self._open_keys = {k: r for k, r in self._open_keys.items() if k[0] not in partitions}
         budget = min(self.settings.bridge.drain_timeout, self.settings.kafka.session_timeout * 0.8)
+        started = time.monotonic()
         drained = await dispatcher.wait_partitions(partitions, timeout=budget)
+        if self._outputs is not None:
+            drained &= await self._outputs.wait_settled(max(0.0, budget - (time.monotonic() - started)))
         await self.commit()
         for tp in partitions:
             # Unfinished records stay uncommitted for the next owner; stop counting them as buffered
@@ -267,12 +306,13 @@ class Bridge:
         consumer, dispatcher = self._require()
         deadline = time.monotonic() + self.settings.bridge.drain_timeout
         consumer.pause_all()  # stop fetching; the group membership stays until we leave it below
-        for batch in self.batcher.flush_all():
-            dispatcher.submit(batch)
+        self._submit(self.batcher.flush_all())
         idle = await dispatcher.wait_idle(timeout=max(0.0, deadline - time.monotonic()))
         if not idle:
             cancelled = dispatcher.cancel_all()
             _log.warning("drain_timed_out", batches_cancelled=cancelled)
+        if self._outputs is not None:
+            idle &= await self._outputs.wait_settled(max(0.0, deadline - time.monotonic()))
         if self._producer is not None:
             with contextlib.suppress(TimeoutError):
                 await self._producer.flush(timeout=max(1.0, deadline - time.monotonic()))

@@ -4,8 +4,8 @@ One task per submitted batch runs in the dispatcher's own TaskGroup. The number 
 bounded by the flow control upstream (buffered records), and the number of requests actually on the
 wire by ``max_in_flight`` (a semaphore, kept ≤ the HTTP pool size so a pool timeout means a bug).
 
-Ordering: a batch waits until every earlier batch that shares an ordering key (the user id) is
-finished, so a later record for a key is never sent while an earlier one is in flight. Inside one batch
+Ordering: a batch waits until every earlier batch that shares an ordering key (the user id) of the
+same partition is finished, so a later record for a key is never sent while an earlier one is in flight. Inside one batch
 the items of one key are split into *waves* (first occurrences, second occurrences, ...) sent one
 after the other, so a partial failure (207) of an earlier event can never let a later event of the
 same key overtake it. Different keys proceed in parallel.
@@ -119,7 +119,7 @@ class Dispatcher:
         self._tg: asyncio.TaskGroup | None = None
         self._jobs: set[_Job] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._last_by_key: dict[str, _Job] = {}
+        self._last_by_key: dict[tuple[str, int, str], _Job] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight = 0
@@ -150,7 +150,7 @@ class Dispatcher:
         job = _Job(batch, partitions=frozenset(e.ref.tp for e in batch.entries))
         deps: list[_Job] = []
         for entry in batch.entries:
-            key = entry.item.ordering_key
+            key = _order_key(entry)
             prev = self._last_by_key.get(key)
             if prev is not None and prev is not job and not prev.done.is_set() and prev not in deps:
                 deps.append(prev)
@@ -212,7 +212,7 @@ class Dispatcher:
             job.done.set()
             self._jobs.discard(job)
             for entry in job.batch.entries:
-                key = entry.item.ordering_key
+                key = _order_key(entry)
                 if self._last_by_key.get(key) is job:
                     del self._last_by_key[key]
             if not self._jobs:
@@ -356,6 +356,12 @@ class Dispatcher:
         # Items refused only because of others (not_attempted) go again at once; transient ones back off.
         hint = response.retry_after if backoff_needed else 0.0
         return again, hint, []
+
+
+def _order_key(entry: BatchEntry) -> tuple[str, int, str]:
+    """Order is kept per ordering key *within a partition*: Kafka orders nothing across partitions."""
+    ref = entry.ref
+    return (ref.topic, ref.partition, entry.item.ordering_key)
 
 
 def _waves(entries: Sequence[BatchEntry]) -> list[list[BatchEntry]]:

@@ -14,6 +14,7 @@ unfinished (and uncommitted) meanwhile, and the flow control pauses the consumer
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +68,10 @@ class OutcomePublisher:
         self.failures = 0
         self.failures_by_reason: dict[str, int] = {}
         self.produce_retries = 0
+        self._outstanding = 0  # enqueued, not acked yet
+        self._retry: list[_Message] = []
+        self._retry_wakeup = asyncio.Event()
+        self._settled = asyncio.Event()
 
     # -- OutcomeSink (called by the dispatcher) -----------------------------------------------------
 
@@ -91,6 +96,7 @@ class OutcomePublisher:
             partial=response.status == 207,
         )
         messages: list[_Message] = []
+        self.results += len(entries)
         for entry in entries:  # unconfirmed items (bulk count mismatch) are logged by the client
             record = _record(entry)
             value = build_result_value(
@@ -107,7 +113,6 @@ class OutcomePublisher:
             )
             messages.append((self._bridge.results_topic(record.topic), value, record.key, (), record))
         await self._publish(messages)
-        self.results += len(messages)
 
     async def undeliverable(self, route: Route, failures: Sequence[tuple[BatchEntry, DeliveryFailure]]) -> None:
         """Publish a failure record for each entry the API would not take."""
@@ -218,36 +223,67 @@ class OutcomePublisher:
         return (self._bridge.dlq_topic(record.topic), record.value, record.key, headers, record)
 
     async def _publish(self, messages: Sequence[_Message]) -> None:
-        """Produce all messages, wait for their acks, finish their inputs; re-produce failed ones."""
-        todo = list(messages)
+        """Enqueue the outcome records; each input is finished when its record's ack arrives.
+
+        Returning once the records are *enqueued* (not acked) keeps the broker round trip off the
+        dispatcher's critical path: the next wave of a batch does not wait for the previous wave's
+        acks. A record whose produce fails is re-produced by :meth:`run_retries` until it is acked.
+        """
+        for message in messages:
+            await self._enqueue(message)
+
+    async def _enqueue(self, message: _Message) -> None:
+        topic, value, key, headers, _ = message
+        try:
+            fut = await self._producer.send(topic, value, key, headers)
+        except OutputError as exc:
+            _log.warning("outcome_enqueue_failed", topic=topic, error=str(exc))
+            self._retry.append(message)
+            self._retry_wakeup.set()
+            return
+        self._outstanding += 1
+        fut.add_done_callback(functools.partial(self._acked, message))
+
+    def _acked(self, message: _Message, fut: asyncio.Future[Any]) -> None:
+        self._outstanding -= 1
+        if fut.cancelled() or fut.exception() is not None:
+            error = "cancelled" if fut.cancelled() else type(fut.exception()).__name__
+            _log.warning("outcome_not_acked", topic=message[0], error=error)
+            self._retry.append(message)
+            self._retry_wakeup.set()
+        else:
+            self._on_finished(message[4])
+        if self._outstanding == 0 and not self._retry:
+            self._settled.set()
+
+    async def run_retries(self) -> None:
+        """Re-produce outcome records that were not acked, with back-off; runs for the bridge's life."""
         attempt = 0
-        while todo:
-            attempt += 1
-            futures: list[tuple[asyncio.Future[Any] | None, _Message]] = []
-            for message in todo:
-                topic, value, key, headers, _ = message
-                try:
-                    fut: asyncio.Future[Any] | None = await self._producer.send(topic, value, key, headers)
-                except OutputError as exc:
-                    _log.warning("outcome_enqueue_failed", topic=topic, error=str(exc), attempt=attempt)
-                    fut = None
-                futures.append((fut, message))
-            failed: list[_Message] = []
-            for fut, message in futures:
-                if fut is None:
-                    failed.append(message)
-                    continue
-                try:
-                    await fut
-                except Exception as exc:  # noqa: BLE001 - any produce error means: not acked, try again
-                    _log.warning("outcome_not_acked", topic=message[0], error=type(exc).__name__, attempt=attempt)
-                    failed.append(message)
-                    continue
-                self._on_finished(message[4])
-            todo = failed
-            if todo:
-                self.produce_retries += len(todo)
+        while True:
+            await self._retry_wakeup.wait()
+            self._retry_wakeup.clear()
+            while self._retry:
+                attempt += 1
                 await asyncio.sleep(min(30.0, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
+                todo, self._retry = self._retry, []
+                self.produce_retries += len(todo)
+                for message in todo:
+                    await self._enqueue(message)
+            attempt = 0
+
+    async def wait_settled(self, timeout: float) -> bool:
+        """Wait until every enqueued outcome record is acked (or being retried: then False at timeout)."""
+        if self._outstanding == 0 and not self._retry:
+            return True
+        self._settled.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                while self._outstanding or self._retry:
+                    await self._settled.wait()
+                    self._settled.clear()
+        except TimeoutError:
+            return False
+        return True
 
 
 def _record(entry: BatchEntry) -> SourceRecord:
