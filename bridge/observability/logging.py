@@ -102,7 +102,11 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream: Any = None
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+        # Tracebacks without local variables (they would hold decoded payloads): a dict for JSON, text for
+        # the console renderer.
+        structlog.processors.format_exc_info
+        if fmt == "console"
+        else structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
         redact,
     ]
     renderer: Any
