@@ -5,4 +5,5 @@ from __future__ import annotations
 pytest_plugins = [
     "tests.fixtures.kafka",
     "tests.fixtures.sandbox",
+    "tests.fixtures.bridge",
 ]
