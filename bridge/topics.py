@@ -13,6 +13,7 @@ replication factor globally. ``kard-bridge topics apply`` and the app read the s
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -176,6 +177,20 @@ def _kind_key(kind: EventKind | str) -> EventKind:
         raise ConfigError(f"unknown event kind {kind!r}; expected one of {[k.value for k in EventKind]}") from None
 
 
+def default_catalogue_path() -> Path:
+    """``$BRIDGE_TOPIC_CATALOGUE``, else the source tree's ``topics/catalogue.toml``, else ``./topics/``.
+
+    The last one serves installed (non-editable) packages such as the container image, whose working
+    directory holds a copy of ``topics/``.
+    """
+    configured = os.environ.get("BRIDGE_TOPIC_CATALOGUE")
+    if configured:
+        return Path(configured)
+    if DEFAULT_CATALOGUE_PATH.exists():
+        return DEFAULT_CATALOGUE_PATH
+    return Path.cwd() / "topics" / "catalogue.toml"
+
+
 def load_catalogue(
     path: Path | str | None = None,
     *,
@@ -202,7 +217,7 @@ def load_catalogue(
     Raises:
         ConfigError: unreadable file, unknown kind, illegal or duplicate names, bad numbers.
     """
-    source = Path(path) if path is not None else DEFAULT_CATALOGUE_PATH
+    source = Path(path) if path is not None else default_catalogue_path()
     try:
         document = tomllib.loads(source.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
