@@ -37,6 +37,8 @@ from bridge.events.common import EventKind
 from bridge.kafka import BridgeConsumer, OutputProducer
 from bridge.kard.client import KardClient, KardClientConfig
 from bridge.mapping import MappingContext, map_record
+from bridge.observability.health import HealthReport, ObservabilityServer
+from bridge.observability.metrics import BridgeMetrics
 from bridge.outputs import OutcomePublisher
 from bridge.pipeline.batcher import Batch, BatchEntry, Batcher
 from bridge.pipeline.flow import FlowControl
@@ -88,6 +90,9 @@ class Bridge:
         self._client: KardClient | None = None
         self._commit_lock = asyncio.Lock()
         self._held: dict[TopicPartition, list[int]] = {}  # per partition: [records, bytes] not finished
+        self.metrics = BridgeMetrics(self)
+        self.exit_code = 0
+        self.observability: ObservabilityServer | None = None
         # (partition, ordering key) -> route of the open batch holding that key's latest record: a key
         # never sits in two open batches, so batches are submitted in its input order (see _ingest).
         self._open_keys: dict[tuple[TopicPartition, str], Route] = {}
@@ -117,11 +122,22 @@ class Bridge:
             max_retry_after=s.bridge.max_retry_after,
         )
         async with contextlib.AsyncExitStack() as stack:
-            self._client = await stack.enter_async_context(KardClient(client_config))
+            self.observability = await stack.enter_async_context(
+                ObservabilityServer(
+                    self,
+                    self.metrics,
+                    host=s.bridge.metrics_host,
+                    port=s.bridge.metrics_port,
+                    on_watchdog=self._watchdog_tripped,
+                )
+            )
+            self._client = await stack.enter_async_context(
+                KardClient(client_config, on_request=self.metrics.observe_request)
+            )
             self._producer = await stack.enter_async_context(
                 OutputProducer(s.kafka.common_kwargs(), client_id=f"{s.kafka.client_id}-outputs")
             )
-            self._outputs = OutcomePublisher(self._producer, s, on_finished=self._finished)
+            self._outputs = OutcomePublisher(self._producer, s, on_finished=self._finished, metrics=self.metrics)
             self._dispatcher = await stack.enter_async_context(
                 Dispatcher(self._client, self._outputs, max_in_flight=s.bridge.max_in_flight, policy=policy)
             )
@@ -140,6 +156,33 @@ class Bridge:
             finally:
                 await self._drain()
                 retries.cancel()
+
+    def _watchdog_tripped(self, report: HealthReport) -> None:
+        """Liveness failed for too long (e.g. a consumer stuck after a broker restart): exit non-zero."""
+        _log.error("watchdog_tripped", failing=report.failing())
+        self.exit_code = 70
+        self.stop()
+
+    # Read-only views for metrics and health (``bridge.observability.metrics.BridgeView``).
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        return self._dispatcher
+
+    @property
+    def client(self) -> KardClient | None:
+        return self._client
+
+    @property
+    def outputs(self) -> OutcomePublisher | None:
+        return self._outputs
+
+    @property
+    def consumer(self) -> BridgeConsumer | None:
+        return self._consumer
+
+    @property
+    def producer(self) -> OutputProducer | None:
+        return self._producer
 
     def stop(self) -> None:
         """Ask the bridge to drain and exit (idempotent; safe from a signal handler)."""
@@ -201,6 +244,7 @@ class Bridge:
             except ValueError:
                 continue  # re-delivery of an offset already tracked or committed in this assignment
             self.consumed += 1
+            self.metrics.count_consumed(record.topic)
             size = len(record.value or b"")
             self.flow.admit(1, size)
             held = self._held.setdefault(record.tp, [0, 0])
@@ -232,6 +276,7 @@ class Bridge:
                 key = (entry.ref.tp, entry.item.ordering_key)
                 if self._open_keys.get(key) == batch.route:
                     del self._open_keys[key]
+            self.metrics.observe_batch(str(batch.route), len(batch.entries), batch.size)
             dispatcher.submit(batch)
 
     def _apply_backpressure(self, consumer: BridgeConsumer) -> None:
@@ -261,7 +306,9 @@ class Bridge:
             offsets = self.tracker.committable()
             if not offsets:
                 return {}
+            started = time.monotonic()
             done = await consumer.commit(offsets)
+            self.metrics.observe_commit(time.monotonic() - started, ok=bool(done))
             if done:
                 self.tracker.mark_committed(done)
                 self.committed.update(done)
@@ -272,6 +319,7 @@ class Bridge:
 
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
         consumer, dispatcher = self._require()
+        self.ready.clear()  # not ready during a rebalance; the watchdog sees one that never finishes
         dropped = self.batcher.remove_partitions(partitions)  # never sent; the next owner sends them
         self._open_keys = {k: r for k, r in self._open_keys.items() if k[0] not in partitions}
         budget = min(self.settings.bridge.drain_timeout, self.settings.kafka.session_timeout * 0.8)
@@ -357,4 +405,4 @@ async def run_bridge(settings: Settings, *, on_started: Callable[[Bridge], None]
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-    return 0
+    return bridge.exit_code

@@ -37,6 +37,7 @@ from bridge.events.outcomes import (
 )
 from bridge.kafka import OutputProducer
 from bridge.kard.responses import BatchResponse, ItemOutcome
+from bridge.observability.metrics import BridgeMetrics
 from bridge.pipeline.batcher import BatchEntry
 from bridge.records import Header, SourceRecord
 from bridge.routes import Route
@@ -59,10 +60,12 @@ class OutcomePublisher:
         settings: Settings,
         *,
         on_finished: Callable[[SourceRecord], None],
+        metrics: BridgeMetrics | None = None,
     ) -> None:
         self._producer = producer
         self._bridge = settings.bridge
         self._on_finished = on_finished
+        self._metrics = metrics
         self._instance = settings.bridge.instance_id
         self.results = 0
         self.failures = 0
@@ -97,6 +100,8 @@ class OutcomePublisher:
         )
         messages: list[_Message] = []
         self.results += len(entries)
+        if self._metrics is not None:
+            self._metrics.count_forwarded(str(route), (e.ref.topic for e in entries))
         for entry in entries:  # unconfirmed items (bulk count mismatch) are logged by the client
             record = _record(entry)
             value = build_result_value(
@@ -212,6 +217,8 @@ class OutcomePublisher:
         headers = kept + list(failure.to_headers())
         self.failures += 1
         self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + 1
+        if self._metrics is not None:
+            self._metrics.count_failed(record.topic, reason)
         _log.info(
             "record_dead_lettered",
             topic=record.topic,

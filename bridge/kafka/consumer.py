@@ -157,6 +157,14 @@ class BridgeConsumer:
         result: int = await self._consumer.position(_theirs(tp))
         return result
 
+    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Current end offsets (for lag and the progress watchdog); empty when the brokers do not answer."""
+        try:
+            ends = await self._consumer.end_offsets([_theirs(tp) for tp in partitions])
+        except KafkaError:
+            return {}
+        return {_ours(tp): int(off) for tp, off in ends.items()}
+
     def highwater(self, tp: TopicPartition) -> int | None:
         """Last known end offset of ``tp`` from fetch responses (for lag metrics); None before a fetch."""
         result: int | None = self._consumer.highwater(_theirs(tp))

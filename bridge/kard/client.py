@@ -156,10 +156,12 @@ class KardClient:
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        on_request: Callable[[str, int | None, float], None] | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
         self._wall_clock = wall_clock
+        self._on_request = on_request  # metrics hook: (endpoint, status or None, seconds)
         self._http = httpx.AsyncClient(
             base_url=config.base_url,
             headers={"User-Agent": config.user_agent, "Accept": "application/json"},
@@ -252,7 +254,15 @@ class KardClient:
         if not items:
             raise ValueError("send_batch needs at least one item")
         body = b"".join((_BODY_HEAD, b",".join([item.encoded for item in items]), _BODY_TAIL))
-        exchange = await self._exchange("POST", route.path, body)
+        started = self._clock()
+        try:
+            exchange = await self._exchange("POST", route.path, body)
+        except DeliveryError as exc:
+            if self._on_request is not None:
+                self._on_request(route.endpoint.value, exc.status, self._clock() - started)
+            raise
+        if self._on_request is not None:
+            self._on_request(route.endpoint.value, exchange.status, exchange.elapsed)
         result = classify_response(
             endpoint=route.endpoint,
             status=exchange.status,
