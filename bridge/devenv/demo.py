@@ -194,19 +194,19 @@ def _summary(bridge: Any, sandbox: Any, produced: int, invalid: int, elapsed: fl
     accepted = {endpoint: counts.get("accepted", 0) for endpoint, counts in stats.get("items", {}).items()}
     print()
     print("Summary")
-    print(f"  records produced        {produced}")
-    print(f"  forwarded (results)     {bridge.results}")
+    print(f"  records produced            {produced}")
+    print(f"  forwarded (results)         {bridge.results}")
     for endpoint, count in sorted(accepted.items()):
-        print(f"    {endpoint:<22}{count}")
-    print(f"  dead-lettered           {bridge.failures}")
+        print(f"    {endpoint:<26}{count}")
+    print(f"  dead-lettered               {bridge.failures}")
     for reason, count in sorted(bridge.failures_by_reason.items(), key=lambda kv: -kv[1]):
-        print(f"    {reason:<22}{count}")
-    print(f"  elapsed                 {elapsed:.1f}s  ({produced / max(elapsed, 1e-6):.0f} records/s end to end)")
+        print(f"    {reason:<26}{count}")
+    print(f"  elapsed                     {elapsed:.1f}s  ({produced / max(elapsed, 1e-6):.0f} records/s end to end)")
     duplicates = sum(d.get("extra", 0) for d in stats.get("duplicates", {}).values())
-    print(f"  API-side duplicates     {duplicates}")
-    print(f"  all offsets committed   {'yes' if committed else 'NO'}")
+    print(f"  API-side duplicates         {duplicates}")
+    print(f"  all offsets committed       {'yes' if committed else 'NO'}")
     expected_valid = produced - invalid
     ok = committed and bridge.results == expected_valid and bridge.failures == invalid
     ok = ok and sum(accepted.values()) >= expected_valid
-    print(f"  result                  {'OK: every record has its outcome' if ok else 'FAILED'}")
+    print(f"  result                      {'OK: every record has its outcome' if ok else 'FAILED'}")
     return 0 if ok else 1
