@@ -7,8 +7,8 @@ wire by ``max_in_flight`` (a semaphore, kept ≤ the HTTP pool size so a pool ti
 Ordering: a batch waits until every earlier batch that shares an ordering key (the user id) of the
 same partition is finished, so a later record for a key is never sent while an earlier one is in
 flight. Inside one batch the items of one key are split into *waves* (first occurrences, second
-occurrences, ...) sent one after the other, so a partial failure (207) of an earlier event can never let a later event of the
-same key overtake it. Different keys proceed in parallel.
+occurrences, ...) sent one after the other, so a partial failure (207) of an earlier event can never
+let a later event of the same key overtake it. Different keys proceed in parallel.
 
 Per-item outcomes (see ``bridge.kard.responses``): accepted/unconfirmed → result; rejected → failure
 record; retry/not_attempted → re-sent (after back-off for retry); bisect → the batch is halved until the
