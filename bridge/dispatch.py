@@ -6,7 +6,8 @@ wire by ``max_in_flight`` (a semaphore, kept ≤ the HTTP pool size so a pool ti
 
 Ordering: a batch waits until every earlier batch that shares an ordering key (the user id) of the
 same partition is finished, so a later record for a key is never sent while an earlier one is in
-flight. Inside one batch the items of one key are split into *waves* (first occurrences, second
+flight. On endpoints that can answer 207 (transactions, fraud), the items of one key in one batch are
+split into *waves* (first occurrences, second
 occurrences, ...) sent one after the other, so a partial failure (207) of an earlier event can never
 let a later event of the same key overtake it. Different keys proceed in parallel.
 
@@ -35,11 +36,14 @@ from bridge.kard.responses import BatchResponse, ItemOutcome, OutcomeKind
 from bridge.pipeline.batcher import Batch, BatchEntry
 from bridge.pipeline.retry import RetryPolicy
 from bridge.records import TopicPartition
-from bridge.routes import MappedItem, Route
+from bridge.routes import Endpoint, MappedItem, Route
 
 __all__ = ["BatchSender", "DeliveryFailure", "Dispatcher", "DispatcherStatistics", "OutcomeSink"]
 
 _log = structlog.get_logger("bridge.dispatch")
+
+#: Endpoints that may accept part of a request (HTTP 207): there, two events of one key never share a request.
+_PARTIAL_SUCCESS = frozenset({Endpoint.TRANSACTIONS, Endpoint.FRAUD})
 
 
 class BatchSender(Protocol):
@@ -206,8 +210,14 @@ class Dispatcher:
         try:
             for dep in deps:
                 await dep.done.wait()
-            for wave in _waves(job.batch.entries):
-                await self._deliver(job.batch.route, wave)
+            route = job.batch.route
+            if route.endpoint in _PARTIAL_SUCCESS:
+                for wave in _waves(job.batch.entries):
+                    await self._deliver(route, wave)
+            else:
+                # All-or-nothing endpoints (no 207): nothing of a refused request was accepted, so a later
+                # event of a key cannot overtake an earlier one; one request keeps per-user batches whole.
+                await self._deliver(route, job.batch.entries)
         finally:
             job.done.set()
             self._jobs.discard(job)

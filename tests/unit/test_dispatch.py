@@ -203,3 +203,20 @@ async def test_auth_failures_hold_back_and_never_dead_letter() -> None:
         assert await d.wait_idle(timeout=5)
         assert d.statistics().auth_failures == 5
     assert sink.accepted == ["e0"] and not sink.failed
+
+
+async def test_all_or_nothing_endpoints_keep_a_users_events_in_one_request() -> None:
+    """Per-user attributions (no 207) of one key travel in a single request, in order."""
+    route = Route(Endpoint.USER_ATTRIBUTIONS, "org-1", "u1")
+    entries = []
+    for offset in range(3):
+        item = {"type": "offerAttribution", "attributes": {"entityId": f"o{offset}"}}
+        mapped = MappedItem(route, item, f"a{offset}", "u1", orjson.dumps(item), f"a{offset}")
+        record = SourceRecord("t", 0, offset, b"u1", b"{}", (), 0)
+        entries.append(BatchEntry(RecordRef("t", 0, offset), mapped, record))
+    sender = ScriptedSender()
+    sink = RecordingSink()
+    async with _dispatcher(sender, sink) as d:
+        d.submit(Batch(route, tuple(entries), 0.0, 0))
+        assert await d.wait_idle(timeout=5)
+    assert sender.requests == [["a0", "a1", "a2"]]
