@@ -261,7 +261,7 @@ class Bridge:
             if open_route is not None and open_route != item.route:
                 # The key's previous record waits in another route's open batch (a fraud marker after a
                 # transaction, another organization...): send that first, or this one could overtake it.
-                self._submit(self.batcher.flush_all())
+                self._submit(self.batcher.flush(open_route))
             self._submit(self.batcher.add(BatchEntry(record.ref, item, record), now))
             self._open_keys[key] = item.route
         if poison:

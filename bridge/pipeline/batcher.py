@@ -218,6 +218,10 @@ class Batcher:
         first = next(iter(self._open.values()))
         return first.created_at + self.linger
 
+    def flush(self, route: Route) -> list[Batch]:
+        """Emit ``route``'s open batch now, if there is one (to keep a key's order across routes)."""
+        return [self._emit(route)] if route in self._open else []
+
     def flush_all(self) -> list[Batch]:
         """Emit every open batch now, oldest first (shutdown and revoke drains)."""
         return [self._emit(route) for route in list(self._open)]

@@ -262,3 +262,18 @@ def test_batches_respect_limits_order_and_linger(
     for route in _ROUTES:
         kept = [e for e in added if e.item.route == route and all(e is not r for r in removed)]
         assert [e for e in out if e.item.route == route] == kept
+
+
+def test_flush_emits_only_the_named_route() -> None:
+    """flush(route) closes that route's open batch and leaves the others open."""
+
+
+    a, b = Route(Endpoint.TRANSACTIONS, "o1"), Route(Endpoint.FRAUD, "o1")
+    batcher = Batcher(max_bytes=10_000, linger=10.0)
+    for i, route in enumerate((a, b, a)):
+        item = MappedItem(route, {}, f"i{i}", "k", b"{}", f"i{i}")
+        batcher.add(BatchEntry(RecordRef("t", 0, i), item), 0.0)
+    [flushed] = batcher.flush(b)
+    assert flushed.route == b and [e.item.item_id for e in flushed.entries] == ["i1"]
+    assert batcher.flush(b) == []
+    assert [len(x.entries) for x in batcher.flush_all()] == [2]
