@@ -4,12 +4,14 @@ One task per submitted batch runs in the dispatcher's own TaskGroup. The number 
 bounded by the flow control upstream (buffered records), and the number of requests actually on the
 wire by ``max_in_flight`` (a semaphore, kept ≤ the HTTP pool size so a pool timeout means a bug).
 
-Ordering: a batch waits until every earlier batch that shares an ordering key (the user id) of the
-same partition is finished, so a later record for a key is never sent while an earlier one is in
-flight. On endpoints that can answer 207 (transactions, fraud), the items of one key in one batch are
-split into *waves* (first occurrences, second
-occurrences, ...) sent one after the other, so a partial failure (207) of an earlier event can never
-let a later event of the same key overtake it. Different keys proceed in parallel.
+Ordering: every unfinished record waits in a queue per ordering key (the user id) of its partition,
+in submission order. A batch sends at once the entries whose key has no older unfinished record, and
+the rest as soon as those older records are terminal: a later record for a key is never sent while an
+earlier one is in flight, yet one busy key does not hold back the other keys of its batch. On
+endpoints that can answer 207 (transactions, fraud), two records of one key never share a request
+(a partial success could otherwise let the later one through alone); on all-or-nothing endpoints
+(per-user attributions) a run of one key's records travels together, in order. Different keys
+proceed in parallel.
 
 Per-item outcomes (see ``bridge.kard.responses``): accepted/unconfirmed → result; rejected → failure
 record; retry/not_attempted → re-sent (after back-off for retry); bisect → the batch is halved until the
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -41,6 +44,8 @@ from bridge.routes import Endpoint, MappedItem, Route
 __all__ = ["BatchSender", "DeliveryFailure", "Dispatcher", "DispatcherStatistics", "OutcomeSink"]
 
 _log = structlog.get_logger("bridge.dispatch")
+
+_Key = tuple[str, int, str]  # (topic, partition, ordering key)
 
 #: Endpoints that may accept part of a request (HTTP 207): there, two events of one key never share a request.
 _PARTIAL_SUCCESS = frozenset({Endpoint.TRANSACTIONS, Endpoint.FRAUD})
@@ -123,7 +128,9 @@ class Dispatcher:
         self._tg: asyncio.TaskGroup | None = None
         self._jobs: set[_Job] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._last_by_key: dict[tuple[str, int, str], _Job] = {}
+        # Per (topic, partition, ordering key): unfinished records in submission order.
+        self._queues: dict[_Key, deque[tuple[_Job, BatchEntry]]] = {}
+        self._waiters: dict[_Key, list[asyncio.Event]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight = 0
@@ -152,16 +159,11 @@ class Dispatcher:
         if self._tg is None:
             raise RuntimeError("dispatcher is not running")
         job = _Job(batch, partitions=frozenset(e.ref.tp for e in batch.entries))
-        deps: list[_Job] = []
         for entry in batch.entries:
-            key = _order_key(entry)
-            prev = self._last_by_key.get(key)
-            if prev is not None and prev is not job and not prev.done.is_set() and prev not in deps:
-                deps.append(prev)
-            self._last_by_key[key] = job
+            self._queues.setdefault(_order_key(entry), deque()).append((job, entry))
         self._jobs.add(job)
         self._idle.clear()
-        task = self._tg.create_task(self._run(job, deps))
+        task = self._tg.create_task(self._run(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -206,27 +208,82 @@ class Dispatcher:
 
     # -- delivery ------------------------------------------------------------------------------------
 
-    async def _run(self, job: _Job, deps: list[_Job]) -> None:
+    async def _run(self, job: _Job) -> None:
+        route = job.batch.route
+        remaining = list(job.batch.entries)
+        first = True
         try:
-            for dep in deps:
-                await dep.done.wait()
-            route = job.batch.route
-            if route.endpoint in _PARTIAL_SUCCESS:
-                for wave in _waves(job.batch.entries):
-                    await self._deliver(route, wave)
-            else:
-                # All-or-nothing endpoints (no 207): nothing of a refused request was accepted, so a later
-                # event of a key cannot overtake an earlier one; one request keeps per-user batches whole.
-                await self._deliver(route, job.batch.entries)
+            while remaining:
+                ready, foreign = self._ready(job, remaining)
+                # Send what is free at once; after that, wait until no other batch holds back any of our
+                # keys, so the held-back entries go together instead of one small request per key.
+                if ready and (first or not foreign):
+                    first = False
+                    await self._deliver(route, ready)
+                    self._release(ready)
+                    sent = {id(e) for e in ready}
+                    remaining = [e for e in remaining if id(e) not in sent]
+                    continue
+                await self._wait_for(foreign)
         finally:
+            if remaining:  # cancelled: do not block later records of these keys forever
+                self._release(remaining)
             job.done.set()
             self._jobs.discard(job)
-            for entry in job.batch.entries:
-                key = _order_key(entry)
-                if self._last_by_key.get(key) is job:
-                    del self._last_by_key[key]
             if not self._jobs:
                 self._idle.set()
+
+    def _ready(self, job: _Job, remaining: Sequence[BatchEntry]) -> tuple[list[BatchEntry], set[_Key]]:
+        """Split ``remaining`` into entries that may go now, and the keys other batches hold back.
+
+        On 207-capable endpoints an entry must be the oldest unfinished record of its key, so two events
+        of one key never share a request (a partial success could otherwise let the later one through
+        alone). On all-or-nothing endpoints a run of one key's entries inside this job may travel
+        together, in order, once no other job holds an older record of that key.
+        """
+        partial = job.batch.route.endpoint in _PARTIAL_SUCCESS
+        ready: list[BatchEntry] = []
+        foreign: set[_Key] = set()
+        for entry in remaining:
+            key = _order_key(entry)
+            queue = self._queues[key]
+            head_owner, head = queue[0]
+            if head is entry:
+                ready.append(entry)
+            elif head_owner is not job:
+                foreign.add(key)
+            elif not partial:
+                for owner, queued in queue:
+                    if owner is not job:
+                        foreign.add(key)
+                        break
+                    if queued is entry:
+                        ready.append(entry)
+                        break
+        return ready, foreign
+
+    async def _wait_for(self, keys: set[_Key]) -> None:
+        """Wait until one of ``keys`` has a record released."""
+        event = asyncio.Event()
+        for key in keys:
+            self._waiters.setdefault(key, []).append(event)
+        await event.wait()
+
+    def _release(self, entries: Sequence[BatchEntry]) -> None:
+        """``entries`` are terminal: later records of their keys may go; wake the batches waiting on them."""
+        for entry in entries:
+            key = _order_key(entry)
+            queue = self._queues.get(key)
+            if queue is None:
+                continue
+            for i, (_, queued) in enumerate(queue):
+                if queued is entry:
+                    del queue[i]
+                    break
+            if not queue:
+                del self._queues[key]
+            for event in self._waiters.pop(key, ()):
+                event.set()
 
     async def _deliver(self, route: Route, entries: Sequence[BatchEntry]) -> None:
         """Deliver ``entries`` until each is terminal (result or failure record published)."""
@@ -368,21 +425,7 @@ class Dispatcher:
         return again, hint, []
 
 
-def _order_key(entry: BatchEntry) -> tuple[str, int, str]:
+def _order_key(entry: BatchEntry) -> _Key:
     """Order is kept per ordering key *within a partition*: Kafka orders nothing across partitions."""
     ref = entry.ref
     return (ref.topic, ref.partition, entry.item.ordering_key)
-
-
-def _waves(entries: Sequence[BatchEntry]) -> list[list[BatchEntry]]:
-    """Split entries so that no ordering key appears twice in one wave, keeping per-key order."""
-    seen: dict[str, int] = {}
-    waves: list[list[BatchEntry]] = []
-    for entry in entries:
-        key = entry.item.ordering_key
-        n = seen.get(key, 0)
-        seen[key] = n + 1
-        if n == len(waves):
-            waves.append([])
-        waves[n].append(entry)
-    return waves

@@ -236,8 +236,17 @@ class OutcomePublisher:
         dispatcher's critical path: the next wave of a batch does not wait for the previous wave's
         acks. A record whose produce fails is re-produced by :meth:`run_retries` until it is acked.
         """
-        for message in messages:
-            await self._enqueue(message)
+        sent = 0
+        try:
+            async with asyncio.timeout(self._producer.send_timeout):
+                for message in messages:
+                    await self._enqueue(message)
+                    sent += 1
+        except TimeoutError:
+            # The producer's buffer stayed full (brokers unreachable): retry the rest later.
+            _log.warning("outcome_enqueue_timed_out", pending=len(messages) - sent)
+            self._retry.extend(messages[sent:])
+            self._retry_wakeup.set()
 
     async def _enqueue(self, message: _Message) -> None:
         topic, value, key, headers, _ = message

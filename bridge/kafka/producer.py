@@ -59,6 +59,11 @@ class OutputProducer:
         await self.aclose()
 
     @property
+    def send_timeout(self) -> float:
+        """The longest a run of sends may wait for buffer space (aiokafka can hang without it, #759)."""
+        return self._send_timeout
+
+    @property
     def started(self) -> bool:
         return self._started
 
@@ -75,11 +80,10 @@ class OutputProducer:
             OutputError: the record could not even be enqueued (too large, producer closed, timeout).
         """
         try:
-            async with asyncio.timeout(self._send_timeout):
-                fut: asyncio.Future[Any] = await self._producer.send(
-                    topic, value=value, key=key, headers=list(headers)
-                )
-        except (KafkaError, TimeoutError, ValueError, AssertionError) as exc:
+            # aiokafka's send() returns at once unless its buffer is full; callers bound a whole run of
+            # sends with one deadline (see send_timeout) instead of paying for a timer per record.
+            fut: asyncio.Future[Any] = await self._producer.send(topic, value=value, key=key, headers=list(headers))
+        except (KafkaError, ValueError, AssertionError) as exc:
             raise OutputError(f"cannot enqueue record for {topic}: {type(exc).__name__}") from exc
         self.sent += 1
         return fut

@@ -4,7 +4,8 @@ Modules, each with one concern:
 
 * :mod:`~bridge.replay.selection`: the filters and the loop guard, as a pure ``select(headers, filters)``.
 * :mod:`~bridge.replay.replayer`: the loop (decide → send → ack → commit), provenance headers, ``--rate``.
-* :mod:`~bridge.kafka.dlq_reader` (in the Kafka façade): the failures-topic reader (end offsets frozen at start, group commits).
+* :mod:`~bridge.kafka.dlq_reader` (in the Kafka façade): the failures-topic reader (end offsets frozen at
+  start, group commits).
 * :mod:`~bridge.replay.report`: the table, JSON lines, progress bar or lines, and the summary.
 * :mod:`~bridge.replay.cli`: argument parsing and exit codes.
 
