@@ -318,7 +318,7 @@ class Bridge:
     # -- rebalance (called by the consumer façade inside aiokafka's rebalance task) -------------------
 
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
-        consumer, dispatcher = self._require()
+        _, dispatcher = self._require()
         self.ready.clear()  # not ready during a rebalance; the watchdog sees one that never finishes
         dropped = self.batcher.remove_partitions(partitions)  # never sent; the next owner sends them
         self._open_keys = {k: r for k, r in self._open_keys.items() if k[0] not in partitions}
@@ -337,7 +337,6 @@ class Bridge:
             self.tracker.revoke(tp)
             self.committed.pop(tp, None)
         _log.info("revoke_handled", partitions=len(partitions), dropped=len(dropped), drained=drained)
-        del consumer
 
     async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
         consumer, _ = self._require()
