@@ -104,6 +104,7 @@ class _Job:
     batch: Batch
     done: asyncio.Event = field(default_factory=asyncio.Event)
     partitions: frozenset[TopicPartition] = frozenset()
+    keyed: list[tuple[_Key, BatchEntry]] = field(default_factory=list)  # (order key, entry), batch order
 
 
 class Dispatcher:
@@ -159,8 +160,9 @@ class Dispatcher:
         if self._tg is None:
             raise RuntimeError("dispatcher is not running")
         job = _Job(batch, partitions=frozenset(e.ref.tp for e in batch.entries))
-        for entry in batch.entries:
-            self._queues.setdefault(_order_key(entry), deque()).append((job, entry))
+        job.keyed = [(_order_key(entry), entry) for entry in batch.entries]
+        for key, entry in job.keyed:
+            self._queues.setdefault(key, deque()).append((job, entry))
         self._jobs.add(job)
         self._idle.clear()
         task = self._tg.create_task(self._run(job))
@@ -210,7 +212,7 @@ class Dispatcher:
 
     async def _run(self, job: _Job) -> None:
         route = job.batch.route
-        remaining = list(job.batch.entries)
+        remaining = job.keyed
         first = True
         try:
             while remaining:
@@ -219,10 +221,13 @@ class Dispatcher:
                 # keys, so the held-back entries go together instead of one small request per key.
                 if ready and (first or not foreign):
                     first = False
-                    await self._deliver(route, ready)
+                    await self._deliver(route, [entry for _, entry in ready])
                     self._release(ready)
-                    sent = {id(e) for e in ready}
-                    remaining = [e for e in remaining if id(e) not in sent]
+                    if len(ready) == len(remaining):
+                        remaining = []
+                    else:
+                        sent = {id(entry) for _, entry in ready}
+                        remaining = [pair for pair in remaining if id(pair[1]) not in sent]
                     continue
                 await self._wait_for(foreign)
         finally:
@@ -233,7 +238,9 @@ class Dispatcher:
             if not self._jobs:
                 self._idle.set()
 
-    def _ready(self, job: _Job, remaining: Sequence[BatchEntry]) -> tuple[list[BatchEntry], set[_Key]]:
+    def _ready(
+        self, job: _Job, remaining: Sequence[tuple[_Key, BatchEntry]]
+    ) -> tuple[list[tuple[_Key, BatchEntry]], set[_Key]]:
         """Split ``remaining`` into entries that may go now, and the keys other batches hold back.
 
         On 207-capable endpoints an entry must be the oldest unfinished record of its key, so two events
@@ -242,14 +249,15 @@ class Dispatcher:
         together, in order, once no other job holds an older record of that key.
         """
         partial = job.batch.route.endpoint in _PARTIAL_SUCCESS
-        ready: list[BatchEntry] = []
+        ready: list[tuple[_Key, BatchEntry]] = []
         foreign: set[_Key] = set()
-        for entry in remaining:
-            key = _order_key(entry)
-            queue = self._queues[key]
+        queues = self._queues
+        for pair in remaining:
+            key, entry = pair
+            queue = queues[key]
             head_owner, head = queue[0]
             if head is entry:
-                ready.append(entry)
+                ready.append(pair)
             elif head_owner is not job:
                 foreign.add(key)
             elif not partial:
@@ -258,7 +266,7 @@ class Dispatcher:
                         foreign.add(key)
                         break
                     if queued is entry:
-                        ready.append(entry)
+                        ready.append(pair)
                         break
         return ready, foreign
 
@@ -269,10 +277,9 @@ class Dispatcher:
             self._waiters.setdefault(key, []).append(event)
         await event.wait()
 
-    def _release(self, entries: Sequence[BatchEntry]) -> None:
+    def _release(self, entries: Sequence[tuple[_Key, BatchEntry]]) -> None:
         """``entries`` are terminal: later records of their keys may go; wake the batches waiting on them."""
-        for entry in entries:
-            key = _order_key(entry)
+        for key, entry in entries:
             queue = self._queues.get(key)
             if queue is None:
                 continue
