@@ -99,10 +99,10 @@ async def _run(
     bridge = Bridge(settings)
     _say(f"running the bridge (logs: {log_path})")
     started = time.monotonic()
-    task = asyncio.get_running_loop().create_task(bridge.run())
-    ok = await _progress(bridge, sandbox, ends, started, args.timeout, task)
-    bridge.stop()
-    await task
+    async with asyncio.TaskGroup() as tasks:
+        task = tasks.create_task(bridge.run())
+        ok = await _progress(bridge, sandbox, ends, started, args.timeout, task)
+        bridge.stop()
     elapsed = time.monotonic() - started
     log_file.close()
     return _summary(bridge, sandbox, produced, invalid, elapsed, ok and _all_committed(bridge, ends))
