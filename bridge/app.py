@@ -45,7 +45,6 @@ from bridge.pipeline.flow import FlowControl
 from bridge.pipeline.offsets import OffsetTracker
 from bridge.pipeline.retry import Backoff, RetryPolicy
 from bridge.records import SourceRecord, TopicPartition
-from bridge.routes import Route
 
 __all__ = ["Bridge", "BridgeStatistics", "mapping_context", "run_bridge"]
 
@@ -93,9 +92,6 @@ class Bridge:
         self.metrics = BridgeMetrics(self)
         self.exit_code = 0
         self.observability: ObservabilityServer | None = None
-        # (partition, ordering key) -> route of the open batch holding that key's latest record: a key
-        # never sits in two open batches, so batches are submitted in its input order (see _ingest).
-        self._open_keys: dict[tuple[TopicPartition, str], Route] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -232,6 +228,7 @@ class Bridge:
                 next_commit = now + interval
 
     async def _ingest(self, records: list[SourceRecord]) -> None:
+        _, dispatcher = self._require()
         outputs = self._outputs
         assert outputs is not None
         now = time.monotonic()
@@ -256,14 +253,9 @@ class Bridge:
                 poison.append((record, exc))
                 continue
             self.mapped += 1
-            key = (record.tp, item.ordering_key)
-            open_route = self._open_keys.get(key)
-            if open_route is not None and open_route != item.route:
-                # The key's previous record waits in another route's open batch (a fraud marker after a
-                # transaction, another organization...): send that first, or this one could overtake it.
-                self._submit(self.batcher.flush(open_route))
-            self._submit(self.batcher.add(BatchEntry(record.ref, item, record), now))
-            self._open_keys[key] = item.route
+            entry = BatchEntry(record.ref, item, record)
+            dispatcher.hold(entry)  # in input order: keeps a key's order across routes
+            self._submit(self.batcher.add(entry, now))
         if poison:
             self.poison += len(poison)
             await outputs.record_failures(poison)
@@ -272,10 +264,6 @@ class Bridge:
         """Hand closed batches to the dispatcher, in order; their keys are no longer in an open batch."""
         _, dispatcher = self._require()
         for batch in batches:
-            for entry in batch.entries:
-                key = (entry.ref.tp, entry.item.ordering_key)
-                if self._open_keys.get(key) == batch.route:
-                    del self._open_keys[key]
             self.metrics.observe_batch(str(batch.route), len(batch.entries), batch.size)
             dispatcher.submit(batch)
 
@@ -321,7 +309,7 @@ class Bridge:
         _, dispatcher = self._require()
         self.ready.clear()  # not ready during a rebalance; the watchdog sees one that never finishes
         dropped = self.batcher.remove_partitions(partitions)  # never sent; the next owner sends them
-        self._open_keys = {k: r for k, r in self._open_keys.items() if k[0] not in partitions}
+        dispatcher.forget(dropped)
         budget = min(self.settings.bridge.drain_timeout, self.settings.kafka.session_timeout * 0.8)
         started = time.monotonic()
         drained = await dispatcher.wait_partitions(partitions, timeout=budget)

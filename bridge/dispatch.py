@@ -46,6 +46,8 @@ __all__ = ["BatchSender", "DeliveryFailure", "Dispatcher", "DispatcherStatistics
 _log = structlog.get_logger("bridge.dispatch")
 
 _Key = tuple[str, int, str]  # (topic, partition, ordering key)
+#: How long a batch with sendable entries waits for other batches to release its remaining keys.
+_GATHER_WAIT = 0.05
 
 #: Endpoints that may accept part of a request (HTTP 207): there, two events of one key never share a request.
 _PARTIAL_SUCCESS = frozenset({Endpoint.TRANSACTIONS, Endpoint.FRAUD})
@@ -130,7 +132,8 @@ class Dispatcher:
         self._jobs: set[_Job] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         # Per (topic, partition, ordering key): unfinished records in submission order.
-        self._queues: dict[_Key, deque[tuple[_Job, BatchEntry]]] = {}
+        self._queues: dict[_Key, deque[BatchEntry]] = {}
+        self._owners: dict[int, _Job | None] = {}  # id(entry) -> its batch's job; None while still open
         self._waiters: dict[_Key, list[asyncio.Event]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -161,13 +164,30 @@ class Dispatcher:
             raise RuntimeError("dispatcher is not running")
         job = _Job(batch, partitions=frozenset(e.ref.tp for e in batch.entries))
         job.keyed = [(_order_key(entry), entry) for entry in batch.entries]
+        owners = self._owners
         for key, entry in job.keyed:
-            self._queues.setdefault(key, deque()).append((job, entry))
+            if id(entry) not in owners:  # not announced by hold(): it queues now, behind what is held
+                self._queues.setdefault(key, deque()).append(entry)
+            owners[id(entry)] = job
         self._jobs.add(job)
         self._idle.clear()
         task = self._tg.create_task(self._run(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def hold(self, entry: BatchEntry) -> None:
+        """Announce a record in input order, before its batch is closed.
+
+        A record waiting in an open batch of one route then holds back later records of its key that
+        travel in another route's batch (a transaction, then a fraud marker for the same user), so batches
+        never have to be closed early to keep a key's order.
+        """
+        self._queues.setdefault(_order_key(entry), deque()).append(entry)
+        self._owners[id(entry)] = None
+
+    def forget(self, entries: Sequence[BatchEntry]) -> None:
+        """Drop held records that will not be sent here (their partition was revoked)."""
+        self._release([(_order_key(entry), entry) for entry in entries])
 
     def cancel_all(self) -> int:
         """Cancel every unfinished batch (end of a drain budget); their records stay uncommitted."""
@@ -214,13 +234,17 @@ class Dispatcher:
         route = job.batch.route
         remaining = job.keyed
         first = True
+        patient = True
         try:
             while remaining:
                 ready, foreign = self._ready(job, remaining)
-                # Send what is free at once; after that, wait until no other batch holds back any of our
-                # keys, so the held-back entries go together instead of one small request per key.
-                if ready and (first or not foreign):
+                # Send what is free at once; after that, wait a little for the other batches that hold
+                # back our keys, so the held-back entries go together instead of one request per key. The
+                # wait is bounded: two batches can each hold a key the other waits for (records are
+                # queued in input order, batches close in route order), so a ready entry never waits long.
+                if ready and (first or not foreign or not patient):
                     first = False
+                    patient = True
                     await self._deliver(route, [entry for _, entry in ready])
                     self._release(ready)
                     if len(ready) == len(remaining):
@@ -229,7 +253,7 @@ class Dispatcher:
                         sent = {id(entry) for _, entry in ready}
                         remaining = [pair for pair in remaining if id(pair[1]) not in sent]
                     continue
-                await self._wait_for(foreign)
+                patient = await self._wait_for(foreign, timeout=_GATHER_WAIT if ready else None)
         finally:
             if remaining:  # cancelled: do not block later records of these keys forever
                 self._release(remaining)
@@ -251,42 +275,54 @@ class Dispatcher:
         partial = job.batch.route.endpoint in _PARTIAL_SUCCESS
         ready: list[tuple[_Key, BatchEntry]] = []
         foreign: set[_Key] = set()
-        queues = self._queues
+        queues, owners = self._queues, self._owners
         for pair in remaining:
             key, entry = pair
             queue = queues[key]
-            head_owner, head = queue[0]
+            head = queue[0]
             if head is entry:
                 ready.append(pair)
-            elif head_owner is not job:
+            elif owners.get(id(head)) is not job:  # another batch, or one still open (None)
                 foreign.add(key)
             elif not partial:
-                for owner, queued in queue:
-                    if owner is not job:
-                        foreign.add(key)
-                        break
+                for queued in queue:
                     if queued is entry:
                         ready.append(pair)
                         break
+                    if owners.get(id(queued)) is not job:
+                        foreign.add(key)
+                        break
         return ready, foreign
 
-    async def _wait_for(self, keys: set[_Key]) -> None:
-        """Wait until one of ``keys`` has a record released."""
+    async def _wait_for(self, keys: set[_Key], timeout: float | None) -> bool:
+        """Wait until one of ``keys`` has a record released; False when ``timeout`` ran out first."""
         event = asyncio.Event()
         for key in keys:
             self._waiters.setdefault(key, []).append(event)
-        await event.wait()
+        if timeout is None:
+            await event.wait()
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def _release(self, entries: Sequence[tuple[_Key, BatchEntry]]) -> None:
         """``entries`` are terminal: later records of their keys may go; wake the batches waiting on them."""
         for key, entry in entries:
+            self._owners.pop(id(entry), None)
             queue = self._queues.get(key)
             if queue is None:
                 continue
-            for i, (_, queued) in enumerate(queue):
-                if queued is entry:
-                    del queue[i]
-                    break
+            if queue[0] is entry:
+                queue.popleft()
+            else:
+                for i, queued in enumerate(queue):
+                    if queued is entry:
+                        del queue[i]
+                        break
             if not queue:
                 del self._queues[key]
             for event in self._waiters.pop(key, ()):

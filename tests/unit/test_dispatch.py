@@ -221,3 +221,40 @@ async def test_all_or_nothing_endpoints_keep_a_users_events_in_one_request() -> 
         d.submit(Batch(route, tuple(entries), 0.0, 0))
         assert await d.wait_idle(timeout=5)
     assert sender.requests == [["a0", "a1", "a2"]]
+
+
+async def test_a_held_record_in_an_open_batch_keeps_its_key_in_order_across_routes() -> None:
+    """A record announced with hold() but still in an open batch holds back later records of its key."""
+    fraud = Route(Endpoint.FRAUD, "org-1")
+    earlier = _entry(0, "u1", "txn-approved")  # waits in the (open) transactions batch
+    item = {"type": "fraudulentTransaction", "id": "t1", "attributes": {"userId": "u1"}}
+    later = BatchEntry(
+        RecordRef("t", 0, 1),
+        MappedItem(fraud, item, "fraud-1", "u1", orjson.dumps(item), "f1"),
+        SourceRecord("t", 0, 1, b"u1", b"{}", (), 0),
+    )
+    sender = ScriptedSender()
+    sink = RecordingSink()
+    async with _dispatcher(sender, sink) as d:
+        d.hold(earlier)
+        d.hold(later)
+        d.submit(Batch(fraud, (later,), 0.0, 0))  # the later record's batch closes first
+        await asyncio.sleep(0.05)
+        assert sender.requests == []  # it waits for the earlier record of u1
+        d.submit(_batch([earlier]))
+        assert await d.wait_idle(timeout=5)
+    assert sender.requests == [["txn-approved"], ["fraud-1"]]
+
+
+async def test_forgotten_records_release_their_key() -> None:
+    """Records dropped on revoke (forget) no longer hold back their key."""
+    sender = ScriptedSender()
+    sink = RecordingSink()
+    dropped, kept = _entry(0, "u1", "dropped"), _entry(1, "u1", "kept")
+    async with _dispatcher(sender, sink) as d:
+        d.hold(dropped)
+        d.hold(kept)
+        d.submit(_batch([kept]))
+        d.forget([dropped])
+        assert await d.wait_idle(timeout=5)
+    assert sender.requests == [["kept"]]
