@@ -2,7 +2,8 @@
 
 Sections and their environment prefixes:
 
-* ``KafkaSettings``   ``KAFKA_*``   (``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_SECURITY_PROTOCOL``, ...)
+* ``KafkaSettings``   ``KAFKA_*``   (``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_SECURITY_PROTOCOL``, ...); SASL needs a
+  username and password, and ``SASL_PLAINTEXT`` is refused unless ``KAFKA_ALLOW_INSECURE=true`` (dev only)
 * ``KardSettings``    ``KARD_*``    (``KARD_API_BASE_URL``, ``KARD_CLIENT_ID``, ``KARD_CLIENT_SECRET``, ...)
 * ``BridgeSettings``  ``BRIDGE_*``  (``BRIDGE_GROUP_ID``, batching, dispatch, buffers, outputs, metrics)
 
@@ -59,6 +60,10 @@ class KafkaSettings(_Section):
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    allow_insecure: bool = Field(
+        default=False,
+        description="dev only: allow SASL_PLAINTEXT (credentials sent without TLS); never set in production",
+    )
     session_timeout: float = Field(default=10.0, gt=0)
     heartbeat_interval: float = Field(default=3.0, gt=0)
     max_poll_interval: float = Field(default=300.0, gt=0)
@@ -68,6 +73,20 @@ class KafkaSettings(_Section):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     static_membership: bool = False
     group_instance_id: str | None = None
+
+    @model_validator(mode="after")
+    def _secure_transport(self) -> KafkaSettings:
+        """Refuse SASL credentials over a non-TLS connection (unless ``allow_insecure``) and SASL without them."""
+        sasl = self.security_protocol.startswith("SASL")
+        if sasl and (not self.sasl_username or self.sasl_password is None or not self.sasl_password.get_secret_value()):
+            raise ValueError(f"{self.security_protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        if self.security_protocol == "SASL_PLAINTEXT" and not self.allow_insecure:
+            raise ValueError(
+                f"SASL_PLAINTEXT sends the {self.sasl_mechanism} exchange without TLS"
+                + (" (PLAIN: the password in the clear)" if self.sasl_mechanism == "PLAIN" else "")
+                + "; use SASL_SSL, or set KAFKA_ALLOW_INSECURE=true (dev only)"
+            )
+        return self
 
     def common_kwargs(self) -> dict[str, Any]:
         """Connection kwargs shared by aiokafka consumers, producers and admin clients."""
@@ -236,8 +255,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: dict[str, 
             built[name] = cls(**values)
         except ValidationError as exc:
             for err in exc.errors():
-                field = ".".join(str(p) for p in err["loc"]) or "(section)"
-                problems.append(f"{prefix}{field.upper()}: {err['msg']}")
+                field = ".".join(str(p) for p in err["loc"])
+                where = f"{prefix}{field.upper()}" if field else f"[{name}]"  # a cross-field (model) check
+                problems.append(f"{where}: {err['msg']}")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return Settings(built["kafka"], built["kard"], built["bridge"])

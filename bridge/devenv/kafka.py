@@ -29,6 +29,7 @@ from typing import Final
 from bridge.devenv.kafka_admin import PartitionState, broker_ids, create_topics, describe_partitions
 from bridge.devenv.kafka_dist import KafkaDevenvError, KafkaDist, fetch_kafka
 from bridge.devenv.kafka_node import DEFAULT_JVM_OPTIONS, KafkaNode, broker_settings, tail_file
+from bridge.devenv.kafka_security import SecurityConfig, make_test_pki
 
 __all__ = ["STATE_FILE", "KafkaCluster"]
 
@@ -121,6 +122,7 @@ class KafkaCluster:
         dist: KafkaDist | None = None,
         jvm_options: Sequence[str] = DEFAULT_JVM_OPTIONS,
         settings: Mapping[str, str] | None = None,
+        security: SecurityConfig | None = None,
         detached: bool = False,
         progress: _Progress | None = None,
     ) -> KafkaCluster:
@@ -132,6 +134,8 @@ class KafkaCluster:
             dist: the Kafka jars; fetched (or taken from the cache) when None.
             jvm_options: heap and JIT flags for every JVM.
             settings: broker settings overriding ``broker_settings(brokers)``.
+            security: when given, every node also gets a SASL_SSL listener (SCRAM users, a server certificate
+                from a test CA made now in ``<data_dir>/tls``); see ``sasl_ssl_bootstrap_servers``, ``ca_file``.
             detached: True when the nodes should outlive this process (no watchdog).
             progress: called with human-readable progress lines.
 
@@ -144,22 +148,29 @@ class KafkaCluster:
         if (root / STATE_FILE).exists():
             raise KafkaDevenvError(f"{root} already holds a Kafka cluster ({STATE_FILE}): load or remove it")
         dist = dist or fetch_kafka(progress=progress)
-        ports = _free_ports(2 * brokers)
+        per_node = 2 if security is None else 3
+        ports = _free_ports(per_node * brokers)
         nodes = [
             KafkaNode(
                 i,
                 directory=root / f"node-{i}",
-                broker_port=ports[2 * i],
-                controller_port=ports[2 * i + 1],
+                broker_port=ports[per_node * i],
+                controller_port=ports[per_node * i + 1],
+                sasl_ssl_port=None if security is None else ports[per_node * i + 2],
                 dist=dist,
                 jvm_options=jvm_options,
                 build_class_archive=i == 0 and not detached,
             )
             for i in range(brokers)
         ]
+        secure: dict[str, str] = {}
+        format_args: list[str] = []
+        if security is not None:
+            secure = security.broker_settings(make_test_pki(root / "tls"))
+            format_args = security.scram_format_args()
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
         for node in nodes:
-            node.write_config(voters, {**broker_settings(brokers), **(settings or {})})
+            node.write_config(voters, {**broker_settings(brokers), **secure, **(settings or {})}, format_args)
         cluster = cls(
             root,
             nodes,
@@ -193,6 +204,7 @@ class KafkaCluster:
                 directory=Path(n["directory"]),
                 broker_port=n["broker_port"],
                 controller_port=n["controller_port"],
+                sasl_ssl_port=n.get("sasl_ssl_port"),
                 dist=dist,
                 jvm_options=state["jvm_options"],
                 pid=n["pid"],
@@ -218,6 +230,23 @@ class KafkaCluster:
     def bootstrap_servers(self) -> str:
         """``127.0.0.1:p1,127.0.0.1:p2,...`` for every node, running or not (clients skip dead ones)."""
         return ",".join(node.bootstrap_server for node in self.nodes)
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """The SASL_SSL listeners (``127.0.0.1:port,...``) of a cluster created with ``security``.
+
+        Raises:
+            KafkaDevenvError: the cluster has no SASL_SSL listener.
+        """
+        servers = [node.sasl_ssl_server for node in self.nodes]
+        if not servers or None in servers:
+            raise KafkaDevenvError("this cluster was created without security=SecurityConfig(...)")
+        return ",".join(s for s in servers if s)
+
+    @property
+    def ca_file(self) -> Path:
+        """The test CA certificate (PEM) that signed the SASL_SSL listeners' certificate."""
+        return self.data_dir / "tls" / "ca.pem"
 
     def node(self, node_id: int) -> KafkaNode:
         """The node with this id (ids are 0..n-1)."""

@@ -139,11 +139,13 @@ class KafkaNode:
         jvm_options: Sequence[str],
         pid: int | None = None,
         build_class_archive: bool = False,
+        sasl_ssl_port: int | None = None,
     ) -> None:
         self.node_id = node_id
         self.directory = directory
         self.broker_port = broker_port
         self.controller_port = controller_port
+        self.sasl_ssl_port = sasl_ssl_port
         self._dist = dist
         self._jvm_options = tuple(jvm_options)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -159,6 +161,11 @@ class KafkaNode:
     def bootstrap_server(self) -> str:
         """``127.0.0.1:<broker port>``."""
         return f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def sasl_ssl_server(self) -> str | None:
+        """``127.0.0.1:<SASL_SSL port>`` when the node has that listener (see ``kafka_security``), else None."""
+        return None if self.sasl_ssl_port is None else f"127.0.0.1:{self.sasl_ssl_port}"
 
     @property
     def config_path(self) -> Path:
@@ -190,23 +197,40 @@ class KafkaNode:
         """True once the storage formatter has written ``data/meta.properties``."""
         return (self.directory / "data" / "meta.properties").is_file()
 
-    def write_config(self, voters: str, settings: Mapping[str, str]) -> None:
-        """Write ``server.properties`` and the log4j2 config (logging to ``server.log``)."""
+    def write_config(self, voters: str, settings: Mapping[str, str], format_args: Sequence[str] = ()) -> None:
+        """Write ``server.properties`` and the log4j2 config (logging to ``server.log``).
+
+        With a ``sasl_ssl_port`` the node also listens there with ``SASL_SSL`` (its TLS and SASL settings come
+        in ``settings``). ``format_args`` (e.g. ``--add-scram ...``) are kept in ``format.args`` for the
+        storage formatter.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
+        listeners = f"PLAINTEXT://127.0.0.1:{self.broker_port},CONTROLLER://127.0.0.1:{self.controller_port}"
+        advertised = f"PLAINTEXT://127.0.0.1:{self.broker_port}"
+        protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        if self.sasl_ssl_port is not None:
+            listeners += f",SASL_SSL://127.0.0.1:{self.sasl_ssl_port}"
+            advertised += f",SASL_SSL://127.0.0.1:{self.sasl_ssl_port}"
+            protocols += ",SASL_SSL:SASL_SSL"
         props = {
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.broker_port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.broker_port}",
+            "listeners": listeners,
+            "advertised.listeners": advertised,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": protocols,
             "log.dirs": str(self.directory / "data"),
             **settings,
         }
         self.config_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()), encoding="utf-8")
         (self.directory / "log4j2.properties").write_text(_LOG4J2.format(log=self.log_path), encoding="utf-8")
+        args_path = self.directory / "format.args"
+        args_path.unlink(missing_ok=True)
+        if format_args:  # may hold SCRAM passwords: owner-only
+            args_path.touch(mode=0o600)
+            args_path.write_text("".join(f"{arg}\n" for arg in format_args), encoding="utf-8")
 
     def _java(self, main_class: str, *args: str) -> list[str]:
         log4j = f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}"
@@ -232,7 +256,10 @@ class KafkaNode:
 
     def format_storage(self, cluster_id: str) -> subprocess.Popen[bytes]:
         """Start the storage formatter for ``cluster_id`` (output in ``format.log``); the caller waits."""
-        args = ("format", "--config", str(self.config_path), "--cluster-id", cluster_id)
+        args: tuple[str, ...] = ("format", "--config", str(self.config_path), "--cluster-id", cluster_id)
+        extra = self.directory / "format.args"
+        if extra.is_file():
+            args += tuple(extra.read_text(encoding="utf-8").splitlines())
         with (self.directory / "format.log").open("wb") as out:
             return subprocess.Popen(
                 self._java("kafka.tools.StorageTool", *args), stdin=subprocess.DEVNULL, stdout=out, stderr=out
@@ -310,5 +337,6 @@ class KafkaNode:
             "directory": str(self.directory),
             "broker_port": self.broker_port,
             "controller_port": self.controller_port,
+            "sasl_ssl_port": self.sasl_ssl_port,
             "pid": self.pid,
         }
