@@ -29,7 +29,7 @@ from typing import Final
 from bridge.devenv.kafka_admin import PartitionState, broker_ids, create_topics, describe_partitions
 from bridge.devenv.kafka_dist import KafkaDevenvError, KafkaDist, fetch_kafka
 from bridge.devenv.kafka_node import DEFAULT_JVM_OPTIONS, KafkaNode, broker_settings, tail_file
-from bridge.devenv.kafka_security import SecurityConfig, make_test_pki
+from bridge.devenv.kafka_security import LISTENER, SSL_LISTENER, SecurityConfig, make_test_pki
 
 __all__ = ["STATE_FILE", "KafkaCluster"]
 
@@ -134,8 +134,9 @@ class KafkaCluster:
             dist: the Kafka jars; fetched (or taken from the cache) when None.
             jvm_options: heap and JIT flags for every JVM.
             settings: broker settings overriding ``broker_settings(brokers)``.
-            security: when given, every node also gets a SASL_SSL listener (SCRAM users, a server certificate
-                from a test CA made now in ``<data_dir>/tls``); see ``sasl_ssl_bootstrap_servers``, ``ca_file``.
+            security: when given, every node also gets the listeners in ``security.listeners`` (by default
+                SASL_SSL with SCRAM users and plain SSL), each with a server certificate from a test CA made now
+                in ``<data_dir>/tls``; see ``sasl_ssl_bootstrap_servers``, ``ssl_bootstrap_servers``, ``ca_file``.
             detached: True when the nodes should outlive this process (no watchdog).
             progress: called with human-readable progress lines.
 
@@ -148,15 +149,23 @@ class KafkaCluster:
         if (root / STATE_FILE).exists():
             raise KafkaDevenvError(f"{root} already holds a Kafka cluster ({STATE_FILE}): load or remove it")
         dist = dist or fetch_kafka(progress=progress)
-        per_node = 2 if security is None else 3
+        secure_listeners = () if security is None else security.listeners
+        per_node = 2 + len(secure_listeners)
         ports = _free_ports(per_node * brokers)
+
+        def extra_port(i: int, listener: str) -> int | None:
+            if listener not in secure_listeners:
+                return None
+            return ports[per_node * i + 2 + secure_listeners.index(listener)]
+
         nodes = [
             KafkaNode(
                 i,
                 directory=root / f"node-{i}",
                 broker_port=ports[per_node * i],
                 controller_port=ports[per_node * i + 1],
-                sasl_ssl_port=None if security is None else ports[per_node * i + 2],
+                sasl_ssl_port=extra_port(i, LISTENER),
+                ssl_port=extra_port(i, SSL_LISTENER),
                 dist=dist,
                 jvm_options=jvm_options,
                 build_class_archive=i == 0 and not detached,
@@ -205,6 +214,7 @@ class KafkaCluster:
                 broker_port=n["broker_port"],
                 controller_port=n["controller_port"],
                 sasl_ssl_port=n.get("sasl_ssl_port"),
+                ssl_port=n.get("ssl_port"),
                 dist=dist,
                 jvm_options=state["jvm_options"],
                 pid=n["pid"],
@@ -240,12 +250,24 @@ class KafkaCluster:
         """
         servers = [node.sasl_ssl_server for node in self.nodes]
         if not servers or None in servers:
-            raise KafkaDevenvError("this cluster was created without security=SecurityConfig(...)")
+            raise KafkaDevenvError("this cluster has no SASL_SSL listener (create it with security=SecurityConfig())")
+        return ",".join(s for s in servers if s)
+
+    @property
+    def ssl_bootstrap_servers(self) -> str:
+        """The plain SSL (TLS, no SASL) listeners (``127.0.0.1:port,...``) of a cluster created with ``security``.
+
+        Raises:
+            KafkaDevenvError: the cluster has no SSL listener.
+        """
+        servers = [node.ssl_server for node in self.nodes]
+        if not servers or None in servers:
+            raise KafkaDevenvError("this cluster has no SSL listener (create it with security=SecurityConfig())")
         return ",".join(s for s in servers if s)
 
     @property
     def ca_file(self) -> Path:
-        """The test CA certificate (PEM) that signed the SASL_SSL listeners' certificate."""
+        """The test CA certificate (PEM) that signed the SASL_SSL and SSL listeners' certificate."""
         return self.data_dir / "tls" / "ca.pem"
 
     def node(self, node_id: int) -> KafkaNode:

@@ -140,12 +140,14 @@ class KafkaNode:
         pid: int | None = None,
         build_class_archive: bool = False,
         sasl_ssl_port: int | None = None,
+        ssl_port: int | None = None,
     ) -> None:
         self.node_id = node_id
         self.directory = directory
         self.broker_port = broker_port
         self.controller_port = controller_port
         self.sasl_ssl_port = sasl_ssl_port
+        self.ssl_port = ssl_port
         self._dist = dist
         self._jvm_options = tuple(jvm_options)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -166,6 +168,11 @@ class KafkaNode:
     def sasl_ssl_server(self) -> str | None:
         """``127.0.0.1:<SASL_SSL port>`` when the node has that listener (see ``kafka_security``), else None."""
         return None if self.sasl_ssl_port is None else f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
+    def ssl_server(self) -> str | None:
+        """``127.0.0.1:<SSL port>`` when the node has a plain TLS listener (see ``kafka_security``), else None."""
+        return None if self.ssl_port is None else f"127.0.0.1:{self.ssl_port}"
 
     @property
     def config_path(self) -> Path:
@@ -200,9 +207,9 @@ class KafkaNode:
     def write_config(self, voters: str, settings: Mapping[str, str], format_args: Sequence[str] = ()) -> None:
         """Write ``server.properties`` and the log4j2 config (logging to ``server.log``).
 
-        With a ``sasl_ssl_port`` the node also listens there with ``SASL_SSL`` (its TLS and SASL settings come
-        in ``settings``). ``format_args`` (e.g. ``--add-scram ...``) are kept in ``format.args`` for the
-        storage formatter.
+        With a ``sasl_ssl_port`` the node also listens there with ``SASL_SSL``, with an ``ssl_port`` there with
+        ``SSL`` (their TLS and SASL settings come in ``settings``). ``format_args`` (e.g. ``--add-scram ...``)
+        are kept in ``format.args`` for the storage formatter.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         listeners = f"PLAINTEXT://127.0.0.1:{self.broker_port},CONTROLLER://127.0.0.1:{self.controller_port}"
@@ -212,6 +219,10 @@ class KafkaNode:
             listeners += f",SASL_SSL://127.0.0.1:{self.sasl_ssl_port}"
             advertised += f",SASL_SSL://127.0.0.1:{self.sasl_ssl_port}"
             protocols += ",SASL_SSL:SASL_SSL"
+        if self.ssl_port is not None:
+            listeners += f",SSL://127.0.0.1:{self.ssl_port}"
+            advertised += f",SSL://127.0.0.1:{self.ssl_port}"
+            protocols += ",SSL:SSL"
         props = {
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
@@ -338,5 +349,6 @@ class KafkaNode:
             "broker_port": self.broker_port,
             "controller_port": self.controller_port,
             "sasl_ssl_port": self.sasl_ssl_port,
+            "ssl_port": self.ssl_port,
             "pid": self.pid,
         }

@@ -1,10 +1,11 @@
-"""The bridge's Kafka settings over SASL_SSL (SCRAM) against the project's own broker with a test CA.
+"""The bridge's Kafka settings over SASL_SSL (SCRAM) and plain SSL against the project's own broker with a test CA.
 
 One dedicated local broker (``KafkaCluster.create(..., security=SecurityConfig(...))``) listens with
-PLAINTEXT (used here only to create topics) and SASL_SSL (SCRAM-SHA-512 and SCRAM-SHA-256, a server
-certificate for 127.0.0.1 signed by a CA made at test time). Clients are built only from
-``load_settings(kafka=...).kafka.common_kwargs()``, so the test covers exactly what the bridge uses; the last
-test runs the real bridge (in process) over SASL_SSL against the sandbox. In this module ``kafka_bootstrap``
+PLAINTEXT (used here only to create topics), SASL_SSL (SCRAM-SHA-512 and SCRAM-SHA-256) and SSL (TLS with a
+server certificate only, no SASL); both TLS listeners present a certificate for 127.0.0.1 signed by a CA made
+at test time. Clients are built only from ``load_settings(kafka=...).kafka.common_kwargs()``, so the tests cover
+exactly what the bridge uses; the last tests run the real bridge (in process) over SASL_SSL and over SSL
+against the sandbox. In this module ``kafka_bootstrap``
 is the secure broker's PLAINTEXT listener, used only by the test helpers (topics, producing, reading outputs).
 """
 
@@ -43,9 +44,9 @@ _USERS = {"alice": "alice-secret-512", "bob": "bob-secret-256"}
 
 @pytest.fixture(scope="module")
 def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
-    """A one-node local broker with a SASL_SSL listener; stopped when the module ends."""
+    """A one-node local broker with SASL_SSL and SSL listeners; stopped when the module ends."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip():
-        pytest.skip("KAFKA_BOOTSTRAP_SERVERS points at an external broker; this test needs its own SCRAM listener")
+        pytest.skip("KAFKA_BOOTSTRAP_SERVERS points at an external broker; these tests need its own TLS listeners")
     security = SecurityConfig(users=_USERS)
     with KafkaCluster.create(tmp_path_factory.mktemp("kafka-sasl-ssl"), brokers=1, security=security) as cluster:
         yield cluster
@@ -152,6 +153,40 @@ async def test_untrusted_ca_is_refused(secure_kafka: KafkaCluster) -> None:
     await _start_fails(_settings(secure_kafka, ssl_cafile=None).common_kwargs())
 
 
+def _ssl_settings(cluster: KafkaCluster, **kafka: Any) -> KafkaSettings:
+    values: dict[str, Any] = {
+        "bootstrap_servers": cluster.ssl_bootstrap_servers,
+        "security_protocol": "SSL",
+        "ssl_cafile": str(cluster.ca_file),
+        **kafka,
+    }
+    return load_settings(kafka=values).kafka
+
+
+async def test_produce_and_consume_over_ssl(secure_kafka: KafkaCluster, topic: str) -> None:
+    """Plain TLS (server certificate checked, no SASL): the bridge's settings produce and consume with a commit."""
+    settings = _ssl_settings(secure_kafka)
+    kwargs = settings.common_kwargs()
+    assert kwargs["security_protocol"] == "SSL" and "sasl_mechanism" not in kwargs
+    assert kwargs["ssl_context"].check_hostname
+    assert secure_kafka.ssl_bootstrap_servers not in (
+        secure_kafka.sasl_ssl_bootstrap_servers,
+        secure_kafka.bootstrap_servers,
+    )
+    await _round_trip(settings, topic)
+
+
+async def test_ssl_without_the_ca_is_refused(secure_kafka: KafkaCluster) -> None:
+    """Without the test CA (the system trust store only) the SSL listener's handshake fails."""
+    await _start_fails(_ssl_settings(secure_kafka, ssl_cafile=None).common_kwargs())
+
+
+async def test_plaintext_client_cannot_use_the_ssl_port(secure_kafka: KafkaCluster) -> None:
+    settings = load_settings(kafka={"bootstrap_servers": secure_kafka.ssl_bootstrap_servers}).kafka
+    assert settings.security_protocol == "PLAINTEXT"
+    await _start_fails(settings.common_kwargs())
+
+
 async def test_the_bridge_runs_over_sasl_ssl(
     secure_kafka: KafkaCluster,
     kafka_bootstrap: str,
@@ -170,6 +205,32 @@ async def test_the_bridge_runs_over_sasl_ssl(
     }
     running = await bridge_factory(sandbox, kafka=secure)
     assert running.settings.kafka.security_protocol == "SASL_SSL"
+    produced = await produce(kafka_bootstrap, generated_messages(bridge_topics, 60, users=10))
+    await wait_committed_to_end(kafka_bootstrap, running.group_id, bridge_topics.inputs, 120, alive=running.check)
+    await running.stop()
+    outcomes = await read_outcomes(kafka_bootstrap, bridge_topics)
+    assert outcomes.count() == len(produced)
+    assert not outcomes.failures
+    ends = await end_offsets(kafka_bootstrap, bridge_topics.inputs)
+    committed = await committed_offsets(kafka_bootstrap, running.group_id)
+    assert {tp: committed.get(tp, 0) for tp in ends} == ends
+
+
+async def test_the_bridge_runs_over_ssl(
+    secure_kafka: KafkaCluster,
+    kafka_bootstrap: str,
+    bridge_topics: BridgeTopics,
+    bridge_factory: BridgeFactory,
+    sandbox: SandboxProcess,
+) -> None:
+    """The real bridge consumes, calls the sandbox, produces results and commits, all over plain TLS."""
+    secure = {
+        "bootstrap_servers": secure_kafka.ssl_bootstrap_servers,
+        "security_protocol": "SSL",
+        "ssl_cafile": str(secure_kafka.ca_file),
+    }
+    running = await bridge_factory(sandbox, kafka=secure)
+    assert running.settings.kafka.security_protocol == "SSL"
     produced = await produce(kafka_bootstrap, generated_messages(bridge_topics, 60, users=10))
     await wait_committed_to_end(kafka_bootstrap, running.group_id, bridge_topics.inputs, 120, alive=running.check)
     await running.stop()
