@@ -80,3 +80,14 @@ def test_bad_config_exits_with_a_clear_message() -> None:
     out = subprocess.run([sys.executable, "-m", "bridge", "run"], env=env, capture_output=True, timeout=60)
     assert out.returncode == 2
     assert b"BRIDGE_LINGER" in out.stderr
+
+
+def test_static_membership_uses_the_host_name_unless_an_instance_id_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KAFKA_STATIC_MEMBERSHIP gives the consumer a group.instance.id: the host name, or KAFKA_GROUP_INSTANCE_ID."""
+    import socket
+
+    assert "group_instance_id" not in load_settings().kafka.to_consumer_kwargs()
+    monkeypatch.setenv("KAFKA_STATIC_MEMBERSHIP", "true")
+    assert load_settings().kafka.to_consumer_kwargs()["group_instance_id"] == socket.gethostname()
+    monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", "bridge-2")
+    assert load_settings().kafka.to_consumer_kwargs()["group_instance_id"] == "bridge-2"
