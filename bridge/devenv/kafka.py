@@ -248,10 +248,7 @@ class KafkaCluster:
         Raises:
             KafkaDevenvError: the cluster has no SASL_SSL listener.
         """
-        servers = [node.sasl_ssl_server for node in self.nodes]
-        if not servers or None in servers:
-            raise KafkaDevenvError("this cluster has no SASL_SSL listener (create it with security=SecurityConfig())")
-        return ",".join(s for s in servers if s)
+        return self._listener_servers([node.sasl_ssl_server for node in self.nodes], "SASL_SSL")
 
     @property
     def ssl_bootstrap_servers(self) -> str:
@@ -260,9 +257,12 @@ class KafkaCluster:
         Raises:
             KafkaDevenvError: the cluster has no SSL listener.
         """
-        servers = [node.ssl_server for node in self.nodes]
+        return self._listener_servers([node.ssl_server for node in self.nodes], "SSL")
+
+    @staticmethod
+    def _listener_servers(servers: list[str | None], name: str) -> str:
         if not servers or None in servers:
-            raise KafkaDevenvError("this cluster has no SSL listener (create it with security=SecurityConfig())")
+            raise KafkaDevenvError(f"this cluster has no {name} listener (create it with security=SecurityConfig())")
         return ",".join(s for s in servers if s)
 
     @property

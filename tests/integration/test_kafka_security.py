@@ -187,50 +187,35 @@ async def test_plaintext_client_cannot_use_the_ssl_port(secure_kafka: KafkaClust
     await _start_fails(settings.common_kwargs())
 
 
-async def test_the_bridge_runs_over_sasl_ssl(
-    secure_kafka: KafkaCluster,
-    kafka_bootstrap: str,
-    bridge_topics: BridgeTopics,
-    bridge_factory: BridgeFactory,
-    sandbox: SandboxProcess,
-) -> None:
-    """The real bridge consumes, calls the sandbox, produces results and commits, all over SCRAM-SHA-512 + TLS."""
-    secure = {
-        "bootstrap_servers": secure_kafka.sasl_ssl_bootstrap_servers,
+def _secure_settings(cluster: KafkaCluster, protocol: str) -> dict[str, str]:
+    if protocol == "SSL":
+        return {
+            "bootstrap_servers": cluster.ssl_bootstrap_servers,
+            "security_protocol": "SSL",
+            "ssl_cafile": str(cluster.ca_file),
+        }
+    return {
+        "bootstrap_servers": cluster.sasl_ssl_bootstrap_servers,
         "security_protocol": "SASL_SSL",
         "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_username": "alice",
         "sasl_password": _USERS["alice"],
-        "ssl_cafile": str(secure_kafka.ca_file),
+        "ssl_cafile": str(cluster.ca_file),
     }
-    running = await bridge_factory(sandbox, kafka=secure)
-    assert running.settings.kafka.security_protocol == "SASL_SSL"
-    produced = await produce(kafka_bootstrap, generated_messages(bridge_topics, 60, users=10))
-    await wait_committed_to_end(kafka_bootstrap, running.group_id, bridge_topics.inputs, 120, alive=running.check)
-    await running.stop()
-    outcomes = await read_outcomes(kafka_bootstrap, bridge_topics)
-    assert outcomes.count() == len(produced)
-    assert not outcomes.failures
-    ends = await end_offsets(kafka_bootstrap, bridge_topics.inputs)
-    committed = await committed_offsets(kafka_bootstrap, running.group_id)
-    assert {tp: committed.get(tp, 0) for tp in ends} == ends
 
 
-async def test_the_bridge_runs_over_ssl(
+@pytest.mark.parametrize("protocol", ["SASL_SSL", "SSL"])
+async def test_the_bridge_runs_over_tls(
+    protocol: str,
     secure_kafka: KafkaCluster,
     kafka_bootstrap: str,
     bridge_topics: BridgeTopics,
     bridge_factory: BridgeFactory,
     sandbox: SandboxProcess,
 ) -> None:
-    """The real bridge consumes, calls the sandbox, produces results and commits, all over plain TLS."""
-    secure = {
-        "bootstrap_servers": secure_kafka.ssl_bootstrap_servers,
-        "security_protocol": "SSL",
-        "ssl_cafile": str(secure_kafka.ca_file),
-    }
-    running = await bridge_factory(sandbox, kafka=secure)
-    assert running.settings.kafka.security_protocol == "SSL"
+    """The real bridge consumes, calls the sandbox, produces results and commits over SCRAM+TLS or plain TLS."""
+    running = await bridge_factory(sandbox, kafka=_secure_settings(secure_kafka, protocol))
+    assert running.settings.kafka.security_protocol == protocol
     produced = await produce(kafka_bootstrap, generated_messages(bridge_topics, 60, users=10))
     await wait_committed_to_end(kafka_bootstrap, running.group_id, bridge_topics.inputs, 120, alive=running.check)
     await running.stop()
