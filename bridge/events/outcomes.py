@@ -354,7 +354,8 @@ def replay_count_of(headers: Sequence[Header]) -> int:
     count = 0
     for name, raw in headers:
         if name == HEADER_REPLAY_COUNT:
-            text = raw.decode("ascii", errors="replace")
+            # Kafka header values may be null (aiokafka yields None): unreadable, so 0, never a crash.
+            text = raw.decode("ascii", errors="replace") if raw is not None else ""
             count = int(text) if text.isdigit() and len(text) < 10 else 0
     return count
 
