@@ -24,16 +24,17 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Final, NamedTuple
 
 from bridge.devenv.kafka_admin import PartitionState, broker_ids, create_topics, describe_partitions
 from bridge.devenv.kafka_dist import KafkaDevenvError, KafkaDist, fetch_kafka
-from bridge.devenv.kafka_node import DEFAULT_JVM_OPTIONS, KafkaNode, broker_settings, tail_file
+from bridge.devenv.kafka_node import DEFAULT_JVM_OPTIONS, PROXIED_LISTENER, KafkaNode, broker_settings, tail_file
 from bridge.devenv.kafka_security import LISTENER, SSL_LISTENER, SecurityConfig, make_test_pki
 
-__all__ = ["STATE_FILE", "KafkaCluster"]
+__all__ = ["STATE_FILE", "KafkaCluster", "ProxiedRoute"]
 
 STATE_FILE: Final = "kafka-state.json"
+_PROXIED_ADVERTISED: Final = "PROXIED (advertised)"
 _Progress = Callable[[str], None]
 
 
@@ -44,6 +45,13 @@ def _free_ports(count: int) -> list[int]:
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
         return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+class ProxiedRoute(NamedTuple):
+    """Where a node's proxy must listen (the advertised PROXIED port) and what it forwards to (the bound one)."""
+
+    advertised_port: int
+    bind_port: int
 
 
 def _new_cluster_id() -> str:
@@ -123,6 +131,7 @@ class KafkaCluster:
         jvm_options: Sequence[str] = DEFAULT_JVM_OPTIONS,
         settings: Mapping[str, str] | None = None,
         security: SecurityConfig | None = None,
+        proxied_listener: bool = False,
         detached: bool = False,
         progress: _Progress | None = None,
     ) -> KafkaCluster:
@@ -137,6 +146,11 @@ class KafkaCluster:
             security: when given, every node also gets the listeners in ``security.listeners`` (by default
                 SASL_SSL with SCRAM users and plain SSL), each with a server certificate from a test CA made now
                 in ``<data_dir>/tls``; see ``sasl_ssl_bootstrap_servers``, ``ssl_bootstrap_servers``, ``ca_file``.
+            proxied_listener: when True, every node also gets a PLAINTEXT listener named ``PROXIED`` bound on one
+                free port and advertising another free port, where the caller runs a ``FaultProxy`` forwarding
+                to the bound one (see ``proxied_routes``); clients bootstrapped on ``proxied_bootstrap_servers``
+                then reach every broker only through those proxies. Nothing listens on an advertised port until
+                the caller's proxy does.
             detached: True when the nodes should outlive this process (no watchdog).
             progress: called with human-readable progress lines.
 
@@ -149,14 +163,16 @@ class KafkaCluster:
         if (root / STATE_FILE).exists():
             raise KafkaDevenvError(f"{root} already holds a Kafka cluster ({STATE_FILE}): load or remove it")
         dist = dist or fetch_kafka(progress=progress)
-        secure_listeners = () if security is None else security.listeners
-        per_node = 2 + len(secure_listeners)
-        ports = _free_ports(per_node * brokers)
+        extra = () if security is None else security.listeners
+        if proxied_listener:  # two ports: the one the broker binds, the one it advertises (the proxy's)
+            extra += (PROXIED_LISTENER, _PROXIED_ADVERTISED)
+        per_node = 2 + len(extra)
+        ports = _free_ports(per_node * brokers)  # per node: broker, controller, then one per ``extra`` in order
 
         def extra_port(i: int, listener: str) -> int | None:
-            if listener not in secure_listeners:
+            if listener not in extra:
                 return None
-            return ports[per_node * i + 2 + secure_listeners.index(listener)]
+            return ports[per_node * i + 2 + extra.index(listener)]
 
         nodes = [
             KafkaNode(
@@ -166,6 +182,8 @@ class KafkaCluster:
                 controller_port=ports[per_node * i + 1],
                 sasl_ssl_port=extra_port(i, LISTENER),
                 ssl_port=extra_port(i, SSL_LISTENER),
+                proxied_port=extra_port(i, PROXIED_LISTENER),
+                proxied_advertised_port=extra_port(i, _PROXIED_ADVERTISED),
                 dist=dist,
                 jvm_options=jvm_options,
                 build_class_archive=i == 0 and not detached,
@@ -215,6 +233,8 @@ class KafkaCluster:
                 controller_port=n["controller_port"],
                 sasl_ssl_port=n.get("sasl_ssl_port"),
                 ssl_port=n.get("ssl_port"),
+                proxied_port=n.get("proxied_port"),
+                proxied_advertised_port=n.get("proxied_advertised_port"),
                 dist=dist,
                 jvm_options=state["jvm_options"],
                 pid=n["pid"],
@@ -259,10 +279,36 @@ class KafkaCluster:
         """
         return self._listener_servers([node.ssl_server for node in self.nodes], "SSL")
 
+    @property
+    def proxied_bootstrap_servers(self) -> str:
+        """The advertised PROXIED addresses (``127.0.0.1:port,...``, where the proxies listen) of a cluster
+        created with ``proxied_listener=True``; bootstrap the clients whose network may be cut with these.
+
+        Raises:
+            KafkaDevenvError: the cluster has no PROXIED listener.
+        """
+        return self._listener_servers([node.proxied_server for node in self.nodes], PROXIED_LISTENER)
+
+    @property
+    def proxied_routes(self) -> list[ProxiedRoute]:
+        """Per node (in node id order): ``(advertised_port, bind_port)``: run one proxy listening on
+        ``advertised_port`` and forwarding to ``127.0.0.1:bind_port``, e.g. ``ProxyGroup.for_routes(routes)``.
+
+        Raises:
+            KafkaDevenvError: the cluster has no PROXIED listener.
+        """
+        self._listener_servers([node.proxied_server for node in self.nodes], PROXIED_LISTENER)
+        return [
+            ProxiedRoute(node.proxied_advertised_port, node.proxied_port)
+            for node in self.nodes
+            if node.proxied_advertised_port is not None and node.proxied_port is not None
+        ]
+
     @staticmethod
     def _listener_servers(servers: list[str | None], name: str) -> str:
         if not servers or None in servers:
-            raise KafkaDevenvError(f"this cluster has no {name} listener (create it with security=SecurityConfig())")
+            how = "proxied_listener=True" if name == PROXIED_LISTENER else "security=SecurityConfig()"
+            raise KafkaDevenvError(f"this cluster has no {name} listener (create it with {how})")
         return ",".join(s for s in servers if s)
 
     @property

@@ -19,7 +19,12 @@ from typing import Any, Final
 
 from bridge.devenv.kafka_dist import KafkaDevenvError, KafkaDist, class_archive_path
 
-__all__ = ["DEFAULT_JVM_OPTIONS", "KafkaNode", "broker_settings", "owns_pid", "tail_file"]
+__all__ = ["DEFAULT_JVM_OPTIONS", "PROXIED_LISTENER", "KafkaNode", "broker_settings", "owns_pid", "tail_file"]
+
+# An extra PLAINTEXT listener that binds one port and advertises another, where a fault-injecting proxy listens
+# (``bridge.devenv.tcp_proxy``): clients bootstrapped through the proxy get the proxy's ports in the metadata,
+# so every connection they make to this listener goes through it.
+PROXIED_LISTENER: Final = "PROXIED"
 
 DEFAULT_JVM_OPTIONS: Final[tuple[str, ...]] = (
     "-Xms128m",
@@ -141,13 +146,19 @@ class KafkaNode:
         build_class_archive: bool = False,
         sasl_ssl_port: int | None = None,
         ssl_port: int | None = None,
+        proxied_port: int | None = None,
+        proxied_advertised_port: int | None = None,
     ) -> None:
+        if (proxied_port is None) != (proxied_advertised_port is None):
+            raise ValueError("proxied_port and proxied_advertised_port go together")
         self.node_id = node_id
         self.directory = directory
         self.broker_port = broker_port
         self.controller_port = controller_port
         self.sasl_ssl_port = sasl_ssl_port
         self.ssl_port = ssl_port
+        self.proxied_port = proxied_port
+        self.proxied_advertised_port = proxied_advertised_port
         self._dist = dist
         self._jvm_options = tuple(jvm_options)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -173,6 +184,11 @@ class KafkaNode:
     def ssl_server(self) -> str | None:
         """``127.0.0.1:<SSL port>`` when the node has a plain TLS listener (see ``kafka_security``), else None."""
         return None if self.ssl_port is None else f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def proxied_server(self) -> str | None:
+        """``127.0.0.1:<advertised PROXIED port>`` (where the node's proxy listens) when the node has that listener."""
+        return None if self.proxied_advertised_port is None else f"127.0.0.1:{self.proxied_advertised_port}"
 
     @property
     def config_path(self) -> Path:
@@ -208,8 +224,9 @@ class KafkaNode:
         """Write ``server.properties`` and the log4j2 config (logging to ``server.log``).
 
         With a ``sasl_ssl_port`` the node also listens there with ``SASL_SSL``, with an ``ssl_port`` there with
-        ``SSL`` (their TLS and SASL settings come in ``settings``). ``format_args`` (e.g. ``--add-scram ...``)
-        are kept in ``format.args`` for the storage formatter.
+        ``SSL`` (their TLS and SASL settings come in ``settings``). With a ``proxied_port`` it also listens there
+        with PLAINTEXT as ``PROXIED`` but advertises ``proxied_advertised_port``. ``format_args`` (e.g.
+        ``--add-scram ...``) are kept in ``format.args`` for the storage formatter.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         listeners = f"PLAINTEXT://127.0.0.1:{self.broker_port},CONTROLLER://127.0.0.1:{self.controller_port}"
@@ -223,6 +240,10 @@ class KafkaNode:
             listeners += f",SSL://127.0.0.1:{self.ssl_port}"
             advertised += f",SSL://127.0.0.1:{self.ssl_port}"
             protocols += ",SSL:SSL"
+        if self.proxied_port is not None:
+            listeners += f",{PROXIED_LISTENER}://127.0.0.1:{self.proxied_port}"
+            advertised += f",{PROXIED_LISTENER}://127.0.0.1:{self.proxied_advertised_port}"
+            protocols += f",{PROXIED_LISTENER}:PLAINTEXT"
         props = {
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
@@ -350,5 +371,7 @@ class KafkaNode:
             "controller_port": self.controller_port,
             "sasl_ssl_port": self.sasl_ssl_port,
             "ssl_port": self.ssl_port,
+            "proxied_port": self.proxied_port,
+            "proxied_advertised_port": self.proxied_advertised_port,
             "pid": self.pid,
         }
