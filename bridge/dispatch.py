@@ -2,7 +2,12 @@
 
 One task per submitted batch runs in the dispatcher's own TaskGroup. The number of such tasks is
 bounded by the flow control upstream (buffered records), and the number of requests actually on the
-wire by ``max_in_flight`` (a semaphore, kept ≤ the HTTP pool size so a pool timeout means a bug).
+wire by ``max_in_flight`` (slots, kept ≤ the HTTP pool size so a pool timeout means a bug). With an
+:class:`~bridge.pipeline.concurrency.AdaptiveConcurrency` limiter (``BRIDGE_ADAPTIVE_CONCURRENCY``) the
+number of slots follows the limiter instead, between 1 and ``max_in_flight``: every attempt reports its
+round-trip time, and transient failures (408, 429, 5xx, timeouts, connection errors) report
+back-pressure. A lowered limit revokes nothing: requests above it finish, and nobody new starts until
+the count is below the limit.
 
 Ordering: every unfinished record waits in a queue per ordering key (the user id) of its partition,
 in submission order. A batch sends at once the entries whose key has no older unfinished record, and
@@ -25,6 +30,7 @@ keeps retrying, and readiness reports it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import deque
@@ -37,6 +43,7 @@ import structlog
 from bridge.errors import AuthError, TransientDeliveryError
 from bridge.kard.responses import BatchResponse, ItemOutcome, OutcomeKind
 from bridge.pipeline.batcher import Batch, BatchEntry
+from bridge.pipeline.concurrency import AdaptiveConcurrency
 from bridge.pipeline.retry import RetryPolicy
 from bridge.records import TopicPartition
 from bridge.routes import Endpoint, MappedItem, Route
@@ -99,6 +106,7 @@ class DispatcherStatistics(NamedTuple):
     bisections: int
     auth_failures: int
     holding_back: bool  # the API is refusing credentials or unavailable right now
+    concurrency_limit: int = 0  # requests allowed on the wire now (max_in_flight unless adaptive)
 
 
 @dataclass(slots=True, eq=False)
@@ -109,8 +117,71 @@ class _Job:
     keyed: list[tuple[_Key, BatchEntry]] = field(default_factory=list)  # (order key, entry), batch order
 
 
+class _Slots:
+    """In-flight request slots whose number may change while requests are out (a resizable semaphore).
+
+    Lowering :attr:`limit` revokes nothing: holders above it finish and release, and nobody new gets a
+    slot until ``in_flight < limit``. Waiters are served first in, first out. A slot is handed over when
+    a waiter is woken, so a waiter cancelled after that gives it back instead of leaking it.
+    """
+
+    __slots__ = ("_waiters", "in_flight", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.cancelled():  # still waiting: leave the queue (unless _wake already dropped it)
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                self._wake()
+            else:  # a slot was handed over just before the cancellation arrived
+                self.release()
+            raise
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def resize(self, limit: int) -> None:
+        self.limit = limit
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters and self.in_flight < self.limit:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
+
 class Dispatcher:
-    """Owns the in-flight batches; an async context manager wrapping one TaskGroup."""
+    """Owns the in-flight batches; an async context manager wrapping one TaskGroup.
+
+    Args:
+        sender: the Kard client (or a test double).
+        sink: where outcomes go.
+        max_in_flight: requests on the wire at most (the HTTP pool size).
+        policy: retry back-off and budget.
+        concurrency: an adaptive limiter; the number of requests on the wire then follows its
+            ``limit`` (≤ ``max_in_flight``). ``None``: a static ``max_in_flight``.
+        clock: monotonic seconds (latency, back-off and the limiter's windows).
+        rand: uniform in ``[0, 1)`` for jitter.
+
+    Raises:
+        ValueError: ``concurrency.max_limit`` is above ``max_in_flight``.
+    """
 
     def __init__(
         self,
@@ -119,12 +190,18 @@ class Dispatcher:
         *,
         max_in_flight: int,
         policy: RetryPolicy,
+        concurrency: AdaptiveConcurrency | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
+        if concurrency is not None and concurrency.max_limit > max_in_flight:
+            raise ValueError(
+                f"the adaptive limit's ceiling ({concurrency.max_limit}) is above max_in_flight ({max_in_flight})"
+            )
         self._sender = sender
         self._sink = sink
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._limiter = concurrency
+        self._slots = _Slots(concurrency.limit if concurrency is not None else max_in_flight)
         self._policy = policy
         self._clock = clock
         self._rand = rand
@@ -137,7 +214,6 @@ class Dispatcher:
         self._waiters: dict[_Key, list[asyncio.Event]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
-        self._in_flight = 0
         self._sent = 0
         self._retries = 0
         self._bisections = 0
@@ -220,12 +296,13 @@ class Dispatcher:
     def statistics(self) -> DispatcherStatistics:
         return DispatcherStatistics(
             batches_pending=len(self._jobs),
-            requests_in_flight=self._in_flight,
+            requests_in_flight=self._slots.in_flight,
             requests_sent=self._sent,
             retries=self._retries,
             bisections=self._bisections,
             auth_failures=self._auth_failures,
             holding_back=self._failing_since is not None,
+            concurrency_limit=self._slots.limit,
         )
 
     # -- delivery ------------------------------------------------------------------------------------
@@ -338,13 +415,7 @@ class Dispatcher:
             attempts += 1
             started = self._clock()
             try:
-                async with self._slots:
-                    self._in_flight += 1
-                    self._sent += 1
-                    try:
-                        response = await self._sender.send_batch(route, [e.item for e in pending])
-                    finally:
-                        self._in_flight -= 1
+                response = await self._send(route, pending)
             except (TransientDeliveryError, AuthError) as exc:
                 now = self._clock()
                 first_failure_wall = first_failure_wall or time.time()
@@ -388,6 +459,31 @@ class Dispatcher:
                     return
                 self._retries += 1
                 await asyncio.sleep(delay)
+
+    async def _send(self, route: Route, entries: Sequence[BatchEntry]) -> BatchResponse:
+        """One request in an in-flight slot; its outcome feeds the adaptive limiter, when there is one."""
+        slots, limiter = self._slots, self._limiter
+        await slots.acquire()
+        try:
+            self._sent += 1
+            if limiter is None:
+                return await self._sender.send_batch(route, [e.item for e in entries])
+            limiter.on_start(slots.in_flight)
+            sent_at = self._clock()
+            try:
+                response = await self._sender.send_batch(route, [e.item for e in entries])
+            except TransientDeliveryError:  # 408/429/5xx, timeout, connection error: back-pressure
+                now = self._clock()
+                limiter.on_back_pressure(now, now - sent_at)
+                raise
+            else:  # any HTTP answer the API processed (2xx, 207, 4xx): a latency sample
+                now = self._clock()
+                limiter.on_response(now, now - sent_at)
+            finally:  # refused credentials and bugs say nothing about load: no observation
+                slots.resize(limiter.limit)
+            return response
+        finally:
+            slots.release()
 
     async def _give_up(
         self,

@@ -15,6 +15,7 @@ mutates the hot-path dicts, so they need no lock. The collector reads the bridge
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
@@ -296,6 +297,9 @@ _SNAPSHOT_METRICS: dict[str, MetricInfo] = {
     "kard_bridge_batches_total": MetricInfo("counter", "Batches closed and handed to the dispatcher."),
     "kard_bridge_batches_pending": MetricInfo("gauge", "Batches handed to the dispatcher and not finished."),
     "kard_bridge_requests_in_flight": MetricInfo("gauge", "Kard API requests on the wire."),
+    "kard_bridge_concurrency_limit": MetricInfo(
+        "gauge", "Kard API requests allowed on the wire now (max_in_flight, or the adaptive limit)."
+    ),
     "kard_bridge_request_retries_total": MetricInfo("counter", "Batch re-sends after a failed or partial request."),
     "kard_bridge_batch_bisections_total": MetricInfo("counter", "Batches split in two to isolate a bad item."),
     "kard_bridge_auth_failures_total": MetricInfo("counter", "Requests refused because of credentials."),
@@ -315,6 +319,7 @@ _SNAPSHOT_METRICS: dict[str, MetricInfo] = {
     "kard_bridge_paused_partitions": MetricInfo("gauge", "Owned partitions paused by backpressure."),
     "kard_bridge_consumer_lag_records": MetricInfo("gauge", "End offset minus the finished-through offset.", _TP),
     "kard_bridge_committed_offset": MetricInfo("gauge", "Last offset committed by this instance.", _TP),
+    "kard_bridge_asyncio_tasks": MetricInfo("gauge", "Tasks alive on the bridge's event loop at scrape time."),
 }
 
 #: Every family :class:`BridgeMetrics` exposes; histograms add ``_bucket``, ``_sum`` and ``_count`` series.
@@ -375,6 +380,7 @@ class _SnapshotCollector:
             "kard_bridge_batches_total": batcher.emitted_batches,
             "kard_bridge_batches_pending": d.batches_pending,
             "kard_bridge_requests_in_flight": d.requests_in_flight,
+            "kard_bridge_concurrency_limit": d.concurrency_limit,
             "kard_bridge_request_retries_total": d.retries,
             "kard_bridge_batch_bisections_total": d.bisections,
             "kard_bridge_auth_failures_total": d.auth_failures,
@@ -396,4 +402,16 @@ class _SnapshotCollector:
                 ((s.tp.topic, str(s.tp.partition)), s.lag) for s in states if s.lag is not None
             ],
             "kard_bridge_committed_offset": [((tp.topic, str(tp.partition)), off) for tp, off in committed],
+            "kard_bridge_asyncio_tasks": _asyncio_tasks(),
         }
+
+
+def _asyncio_tasks() -> int:
+    """Unfinished tasks of the running event loop; 0 when collected outside one (a scrape runs on the loop).
+
+    A count that keeps growing while the load is flat is a task leak (the soak run watches it).
+    """
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop (a synchronous caller, e.g. a test rendering the registry)
+        return 0

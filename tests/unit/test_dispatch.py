@@ -1,4 +1,4 @@
-"""Dispatcher behaviour with a scripted sender: order per key, retries, 207 splits, bisection, give-up."""
+"""Dispatcher behaviour with a scripted sender: order per key, retries, 207 splits, bisection, give-up, limits."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 import orjson
+import pytest
 
-from bridge.dispatch import DeliveryFailure, Dispatcher
+from bridge.dispatch import DeliveryFailure, Dispatcher, _Slots
 from bridge.errors import AuthError, TransientDeliveryError
 from bridge.kard.responses import ACCEPTED, BISECT, BatchResponse, ItemOutcome, OutcomeKind
 from bridge.pipeline.batcher import Batch, BatchEntry
+from bridge.pipeline.concurrency import AdaptiveConcurrency
 from bridge.pipeline.retry import Backoff, RetryPolicy
 from bridge.records import RecordRef, SourceRecord
 from bridge.routes import Endpoint, MappedItem, Route
@@ -81,9 +83,37 @@ class RecordingSink:
         self.failed.extend((e.item.item_id, f) for e, f in failures)
 
 
-def _dispatcher(sender: ScriptedSender, sink: RecordingSink, **policy: float | None) -> Dispatcher:
+class CapacitySender:
+    """A server that serves ``capacity`` requests at once, each taking ``delay``, and answers 429 beyond."""
+
+    def __init__(self, capacity: int, delay: float) -> None:
+        self.capacity = capacity
+        self.delay = delay
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.rejected = 0
+
+    async def send_batch(self, route: Route, items: Sequence[MappedItem]) -> BatchResponse:
+        if self.in_flight >= self.capacity:
+            self.rejected += 1
+            raise TransientDeliveryError("429", status=429, retry_after=0.01)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
+        return _ok(items)
+
+
+def _dispatcher(
+    sender: ScriptedSender | CapacitySender,
+    sink: RecordingSink,
+    concurrency: AdaptiveConcurrency | None = None,
+    **policy: float | None,
+) -> Dispatcher:
     retry = RetryPolicy(backoff=Backoff(base=0.001, cap=0.01), **policy)  # type: ignore[arg-type]
-    return Dispatcher(sender, sink, max_in_flight=4, policy=retry, rand=lambda: 0.5)
+    return Dispatcher(sender, sink, max_in_flight=4, policy=retry, concurrency=concurrency, rand=lambda: 0.5)
 
 
 async def test_same_key_batches_are_sent_in_submission_order() -> None:
@@ -258,3 +288,113 @@ async def test_forgotten_records_release_their_key() -> None:
         d.forget([dropped])
         assert await d.wait_idle(timeout=5)
     assert sender.requests == [["kept"]]
+
+
+async def test_static_limit_is_max_in_flight() -> None:
+    """Without an adaptive limiter the limit reported is the configured maximum, whatever happens."""
+    sender = ScriptedSender(TransientDeliveryError("429", status=429, retry_after=0.0))
+    sink = RecordingSink()
+    async with _dispatcher(sender, sink) as d:
+        d.submit(_batch([_entry(0, "u1")]))
+        assert await d.wait_idle(timeout=5)
+        assert d.statistics().concurrency_limit == 4
+    assert sink.accepted == ["e0"]
+
+
+async def test_adaptive_limit_grows_while_answers_are_steady() -> None:
+    """Fed with each request's RTT, the limit rises from 1 and more requests overlap; it never passes the ceiling."""
+    sender = ScriptedSender(delay=0.01)
+    sink = RecordingSink()
+    limiter = AdaptiveConcurrency(4)
+    async with _dispatcher(sender, sink, limiter) as d:
+        for i in range(60):
+            d.submit(_batch([_entry(i, f"u{i}")]))
+        assert await d.wait_idle(timeout=10)
+        assert d.statistics().concurrency_limit == limiter.limit
+    assert limiter.statistics().increases >= 1
+    assert 2 <= sender.max_in_flight <= 4
+    assert len(sink.accepted) == 60
+
+
+async def test_adaptive_limit_backs_off_on_429_and_delivers_everything() -> None:
+    """429s beyond the server's capacity cut the limit; every record is still delivered, none dead-lettered."""
+    sender = CapacitySender(capacity=1, delay=0.01)
+    sink = RecordingSink()
+    limiter = AdaptiveConcurrency(4, initial=4, decrease_ratio=0.5)
+    async with _dispatcher(sender, sink, limiter) as d:
+        for i in range(30):
+            d.submit(_batch([_entry(i, f"u{i}")]))
+        assert await d.wait_idle(timeout=10)
+    assert limiter.statistics().decreases >= 1
+    assert sender.rejected >= 1
+    assert sorted(sink.accepted) == sorted(f"e{i}" for i in range(30)) and not sink.failed
+
+
+async def test_adaptive_ceiling_above_max_in_flight_is_refused() -> None:
+    """The adaptive limit may never exceed the HTTP pool, so a larger ceiling is a configuration bug."""
+    with pytest.raises(ValueError, match="above max_in_flight"):
+        _dispatcher(ScriptedSender(), RecordingSink(), AdaptiveConcurrency(8))
+
+
+async def test_drain_cancels_batches_waiting_for_an_adaptive_slot() -> None:
+    """cancel_all ends batches in flight and batches queued for a slot; the dispatcher then is idle."""
+    gate = asyncio.Event()
+
+    class Blocked(ScriptedSender):
+        """Never answers until the test opens the gate."""
+
+        async def send_batch(self, route: Route, items: Sequence[MappedItem]) -> BatchResponse:
+            self.requests.append([i.item_id for i in items])
+            await gate.wait()
+            return _ok(items)
+
+    sender = Blocked()
+    async with _dispatcher(sender, RecordingSink(), AdaptiveConcurrency(4, initial=2)) as d:
+        for i in range(5):
+            d.submit(_batch([_entry(i, f"u{i}")]))
+        await asyncio.sleep(0.02)
+        assert len(sender.requests) == 2 and d.statistics().requests_in_flight == 2
+        assert d.cancel_all() == 5
+        assert await d.wait_idle(timeout=5)
+        assert d.statistics().requests_in_flight == 0
+
+
+async def test_slots_shrink_without_revoking_and_refill_below_the_new_limit() -> None:
+    """Lowering the limit lets holders above it finish; a waiter gets a slot only once in_flight < limit."""
+    slots = _Slots(3)
+    for _ in range(3):
+        await slots.acquire()
+    slots.resize(1)
+    async with asyncio.TaskGroup() as tg:
+        waiter = tg.create_task(slots.acquire())
+        await asyncio.sleep(0)
+        slots.release()
+        slots.release()
+        await asyncio.sleep(0)
+        assert not waiter.done() and slots.in_flight == 1
+        slots.release()
+        await asyncio.sleep(0)
+        assert waiter.done() and slots.in_flight == 1
+        slots.resize(3)  # growing admits at once
+        await slots.acquire()
+        assert slots.in_flight == 2
+
+
+async def test_a_cancelled_waiter_never_leaks_a_slot() -> None:
+    """Cancelled while queued, or just after a slot was handed over: either way the slot count comes back."""
+    slots = _Slots(1)
+    await slots.acquire()
+    queued = asyncio.get_running_loop().create_task(slots.acquire())
+    await asyncio.sleep(0)
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    handed = asyncio.get_running_loop().create_task(slots.acquire())
+    await asyncio.sleep(0)
+    slots.release()  # hands the slot to ``handed`` ...
+    handed.cancel()  # ... which is cancelled before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await handed
+    assert slots.in_flight == 0
+    await slots.acquire()
+    assert slots.in_flight == 1

@@ -127,13 +127,15 @@ def test_not_started_bridge_exposes_every_family_with_zeros() -> None:
     assert value(samples, "kard_bridge_requests_in_flight") == 0
     assert value(samples, "kard_bridge_assigned_partitions") == 0
     assert value(samples, "kard_bridge_records_mapped_total") == 0
+    assert value(samples, "kard_bridge_concurrency_limit") == 0
+    assert value(samples, "kard_bridge_asyncio_tasks") == 0  # no running loop here
     assert not [k for k in samples if k[0] == "kard_bridge_consumer_lag_records"]
 
 
 def test_snapshot_values_come_from_component_statistics() -> None:
     """Dispatcher, client, outputs, flow and batcher snapshots appear as their gauges and counters."""
     bridge = FakeBridge()
-    bridge.dispatcher = FakeDispatcher(DispatcherStatistics(3, 2, 40, 5, 1, 7, True))
+    bridge.dispatcher = FakeDispatcher(DispatcherStatistics(3, 2, 40, 5, 1, 7, True, concurrency_limit=12))
     bridge.client = FakeClient(KardClientStatistics(2, {200: 30, 207: 4, 503: 6}, 2, 1, 0, 3, 1, 2))
     bridge.outputs = FakeOutputs(results=120, failures=9, produce_retries=4)
     bridge.flow.admit(25, 2_500)
@@ -142,6 +144,7 @@ def test_snapshot_values_come_from_component_statistics() -> None:
 
     assert value(samples, "kard_bridge_batches_pending") == 3
     assert value(samples, "kard_bridge_requests_in_flight") == 2
+    assert value(samples, "kard_bridge_concurrency_limit") == 12
     assert value(samples, "kard_bridge_request_retries_total") == 5
     assert value(samples, "kard_bridge_batch_bisections_total") == 1
     assert value(samples, "kard_bridge_auth_failures_total") == 7
@@ -258,3 +261,17 @@ def test_render_negotiates_the_exposition_format() -> None:
     body, content_type = metrics.render("application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     assert body.rstrip().endswith(b"# EOF")
+
+
+async def test_asyncio_tasks_counts_the_running_loops_tasks() -> None:
+    """Scraped on the event loop, the task gauge is len(asyncio.all_tasks()): it sees a task start and end."""
+    metrics = BridgeMetrics(FakeBridge())
+    before = value(scrape(metrics)[0], "kard_bridge_asyncio_tasks")
+    assert before == len(asyncio.all_tasks()) >= 1
+    release = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(release.wait())
+        await asyncio.sleep(0)
+        assert value(scrape(metrics)[0], "kard_bridge_asyncio_tasks") == before + 1
+        release.set()
+    assert value(scrape(metrics)[0], "kard_bridge_asyncio_tasks") == before
