@@ -1,22 +1,32 @@
 """Dispatcher: sends closed batches to the Kard API with bounded concurrency, per-key order and retries.
 
-One task per submitted batch runs in the dispatcher's own TaskGroup. The number of such tasks is
-bounded by the flow control upstream (buffered records), and the number of requests actually on the
-wire by ``max_in_flight`` (slots, kept ≤ the HTTP pool size so a pool timeout means a bug). With an
+One task per request (with its retries) runs in the dispatcher's own TaskGroup. The number of
+records submitted is bounded by the flow control upstream (buffered records), and the number of
+requests actually on the wire by ``max_in_flight`` (slots, kept ≤ the HTTP pool size so a pool
+timeout means a bug). With an
 :class:`~bridge.pipeline.concurrency.AdaptiveConcurrency` limiter (``BRIDGE_ADAPTIVE_CONCURRENCY``) the
 number of slots follows the limiter instead, between 1 and ``max_in_flight``: every attempt reports its
 round-trip time, and transient failures (408, 429, 5xx, timeouts, connection errors) report
 back-pressure. A lowered limit revokes nothing: requests above it finish, and nobody new starts until
 the count is below the limit.
 
-Ordering: every unfinished record waits in a queue per ordering key (the user id) of its partition,
-in submission order. A batch sends at once the entries whose key has no older unfinished record, and
-the rest as soon as those older records are terminal: a later record for a key is never sent while an
-earlier one is in flight, yet one busy key does not hold back the other keys of its batch. On
-endpoints that can answer 207 (transactions, fraud), two records of one key never share a request
-(a partial success could otherwise let the later one through alone); on all-or-nothing endpoints
-(per-user attributions) a run of one key's records travels together, in order. Different keys
-proceed in parallel.
+Ordering (bookkeeping in :mod:`bridge.pipeline.keyorder`): every unfinished record waits in a queue per
+ordering key (the user id) of its partition, in input order (``hold``), and a record may be sent only
+while it is the oldest unfinished record of its key: a later record for a key is never sent while an
+earlier one is in flight, yet one busy key does not hold back the others. On endpoints that can answer
+207 (transactions, fraud), two records of one key never share a request (a partial success could
+otherwise let the later one through alone); on all-or-nothing endpoints (per-user attributions) a run of
+one key's records travels together, in order. Different keys proceed in parallel. A record becomes free
+again for its key's next record as soon as it is terminal (its outcome published), not when the rest of
+its request is.
+
+Requests are formed per route, not per batch: a submitted batch's entries join their route's *pool*,
+and each request takes the free entries of the pool, oldest first, up to the batch limits (items and
+bytes). An entry whose key is busy stays in the pool and goes in a later request of its route, with
+whatever else is free by then, instead of the batch waiting or splitting into one request per wave.
+When a request of the route is already out and fewer than a full request's worth are free, the free
+entries wait for that answer (it frees more keys) or at most ``_GATHER_WAIT``, whichever comes first;
+full requests never wait, so a backlog keeps several requests in flight.
 
 Per-item outcomes (see ``bridge.kard.responses``): accepted/unconfirmed → result; rejected → failure
 record; retry/not_attempted → re-sent (after back-off for retry); bisect → the batch is halved until the
@@ -31,11 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import structlog
@@ -44,20 +55,18 @@ from bridge.errors import AuthError, TransientDeliveryError
 from bridge.kard.responses import BatchResponse, ItemOutcome, OutcomeKind
 from bridge.pipeline.batcher import Batch, BatchEntry
 from bridge.pipeline.concurrency import AdaptiveConcurrency
+from bridge.pipeline.keyorder import KeyOrder, Pool
 from bridge.pipeline.retry import RetryPolicy
 from bridge.records import TopicPartition
-from bridge.routes import Endpoint, MappedItem, Route
+from bridge.routes import MappedItem, Route
 
 __all__ = ["BatchSender", "DeliveryFailure", "Dispatcher", "DispatcherStatistics", "OutcomeSink"]
 
 _log = structlog.get_logger("bridge.dispatch")
 
-_Key = tuple[str, int, str]  # (topic, partition, ordering key)
-#: How long a batch with sendable entries waits for other batches to release its remaining keys.
+#: Longest time free entries of a route wait for its request in flight to answer (and free more keys)
+#: before they go on their own, in a request that is not full.
 _GATHER_WAIT = 0.05
-
-#: Endpoints that may accept part of a request (HTTP 207): there, two events of one key never share a request.
-_PARTIAL_SUCCESS = frozenset({Endpoint.TRANSACTIONS, Endpoint.FRAUD})
 
 
 class BatchSender(Protocol):
@@ -107,14 +116,6 @@ class DispatcherStatistics(NamedTuple):
     auth_failures: int
     holding_back: bool  # the API is refusing credentials or unavailable right now
     concurrency_limit: int = 0  # requests allowed on the wire now (max_in_flight unless adaptive)
-
-
-@dataclass(slots=True, eq=False)
-class _Job:
-    batch: Batch
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    partitions: frozenset[TopicPartition] = frozenset()
-    keyed: list[tuple[_Key, BatchEntry]] = field(default_factory=list)  # (order key, entry), batch order
 
 
 class _Slots:
@@ -206,12 +207,11 @@ class Dispatcher:
         self._clock = clock
         self._rand = rand
         self._tg: asyncio.TaskGroup | None = None
-        self._jobs: set[_Job] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        # Per (topic, partition, ordering key): unfinished records in submission order.
-        self._queues: dict[_Key, deque[BatchEntry]] = {}
-        self._owners: dict[int, _Job | None] = {}  # id(entry) -> its batch's job; None while still open
-        self._waiters: dict[_Key, list[asyncio.Event]] = {}
+        self._order = KeyOrder()
+        self._jobs = self._order.jobs  # submitted batches not finished
+        self._dirty: dict[Route, Pool] = {}  # pools to look at on the next loop iteration
+        self._dirty_scheduled = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._sent = 0
@@ -228,28 +228,36 @@ class Dispatcher:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        tg, self._tg = self._tg, None
-        if tg is not None:
-            await tg.__aexit__(*exc_info)  # type: ignore[arg-type]
+        tg = self._tg
+        if tg is None:
+            return
+        if exc_info[0] is None and self._jobs:
+            # Entries waiting in a pool are not tasks: wait for them as the group waits for its tasks.
+            try:
+                await self._idle.wait()
+            except BaseException as exc:
+                self._tg = None
+                self.cancel_all()
+                await tg.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        elif exc_info[0] is not None:
+            self.cancel_all()
+        self._tg = None
+        await tg.__aexit__(*exc_info)  # type: ignore[arg-type]
 
     # -- submission ----------------------------------------------------------------------------------
 
     def submit(self, batch: Batch) -> None:
-        """Start delivering ``batch``; returns at once (the caller bounds how much is submitted)."""
+        """Start delivering ``batch``; returns at once (the caller bounds how much is submitted).
+
+        Its entries join their route's pool; requests are formed on the next loop iteration, so batches
+        submitted together (one fetch's worth) share requests.
+        """
         if self._tg is None:
             raise RuntimeError("dispatcher is not running")
-        job = _Job(batch, partitions=frozenset(e.ref.tp for e in batch.entries))
-        job.keyed = [(_order_key(entry), entry) for entry in batch.entries]
-        owners = self._owners
-        for key, entry in job.keyed:
-            if id(entry) not in owners:  # not announced by hold(): it queues now, behind what is held
-                self._queues.setdefault(key, deque()).append(entry)
-            owners[id(entry)] = job
-        self._jobs.add(job)
-        self._idle.clear()
-        task = self._tg.create_task(self._run(job))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if batch.entries:
+            self._idle.clear()
+            self._mark(self._order.submit(batch))
 
     def hold(self, entry: BatchEntry) -> None:
         """Announce a record in input order, before its batch is closed.
@@ -258,18 +266,26 @@ class Dispatcher:
         travel in another route's batch (a transaction, then a fraud marker for the same user), so batches
         never have to be closed early to keep a key's order.
         """
-        self._queues.setdefault(_order_key(entry), deque()).append(entry)
-        self._owners[id(entry)] = None
+        self._order.hold(entry)
 
     def forget(self, entries: Sequence[BatchEntry]) -> None:
         """Drop held records that will not be sent here (their partition was revoked)."""
-        self._release([(_order_key(entry), entry) for entry in entries])
+        self._release(entries)
 
     def cancel_all(self) -> int:
-        """Cancel every unfinished batch (end of a drain budget); their records stay uncommitted."""
+        """Cancel every unfinished batch (end of a drain budget); their records stay uncommitted.
+
+        Requests out are cancelled and entries not yet sent dropped; returns the number of batches concerned.
+        """
+        count = len(self._jobs)
         for task in self._tasks:
             task.cancel()
-        return len(self._tasks)
+        for pool in self._order.pools.values():
+            if pool.timer is not None:
+                pool.timer.cancel()
+                pool.timer = None
+        self._release(self._order.unsent_entries())
+        return count
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until every submitted batch is finished; False when ``timeout`` ran out first."""
@@ -307,106 +323,70 @@ class Dispatcher:
 
     # -- delivery ------------------------------------------------------------------------------------
 
-    async def _run(self, job: _Job) -> None:
-        route = job.batch.route
-        remaining = job.keyed
-        first = True
-        patient = True
-        try:
-            while remaining:
-                ready, foreign = self._ready(job, remaining)
-                # Send what is free at once; after that, wait a little for the other batches that hold
-                # back our keys, so the held-back entries go together instead of one request per key. The
-                # wait is bounded: two batches can each hold a key the other waits for (records are
-                # queued in input order, batches close in route order), so a ready entry never waits long.
-                if ready and (first or not foreign or not patient):
-                    first = False
-                    patient = True
-                    await self._deliver(route, [entry for _, entry in ready])
-                    self._release(ready)
-                    if len(ready) == len(remaining):
-                        remaining = []
-                    else:
-                        sent = {id(entry) for _, entry in ready}
-                        remaining = [pair for pair in remaining if id(pair[1]) not in sent]
-                    continue
-                patient = await self._wait_for(foreign, timeout=_GATHER_WAIT if ready else None)
-        finally:
-            if remaining:  # cancelled: do not block later records of these keys forever
-                self._release(remaining)
-            job.done.set()
-            self._jobs.discard(job)
-            if not self._jobs:
-                self._idle.set()
+    def _mark(self, pool: Pool) -> None:
+        """Look at ``pool`` on the next loop iteration (once, however many changes come before)."""
+        self._dirty[pool.route] = pool
+        if not self._dirty_scheduled:
+            self._dirty_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_dirty)
 
-    def _ready(
-        self, job: _Job, remaining: Sequence[tuple[_Key, BatchEntry]]
-    ) -> tuple[list[tuple[_Key, BatchEntry]], set[_Key]]:
-        """Split ``remaining`` into entries that may go now, and the keys other batches hold back.
+    def _flush_dirty(self) -> None:
+        self._dirty_scheduled = False
+        dirty, self._dirty = self._dirty, {}
+        for pool in dirty.values():
+            self._dispatch(pool, force=False)
 
-        On 207-capable endpoints an entry must be the oldest unfinished record of its key, so two events
-        of one key never share a request (a partial success could otherwise let the later one through
-        alone). On all-or-nothing endpoints a run of one key's entries inside this job may travel
-        together, in order, once no other job holds an older record of that key.
+    def _gathered(self, pool: Pool) -> None:
+        pool.timer = None
+        self._dispatch(pool, force=True)
+
+    def _dispatch(self, pool: Pool, *, force: bool) -> None:
+        """Start the requests ``pool`` should send now.
+
+        Full requests go at once. Less than a full request goes at once when no request of the route is
+        awaiting its answer, or with ``force`` (the gather wait is over); otherwise it waits for that
+        answer, which frees more keys, or for the gather timer, whichever comes first.
         """
-        partial = job.batch.route.endpoint in _PARTIAL_SUCCESS
-        ready: list[tuple[_Key, BatchEntry]] = []
-        foreign: set[_Key] = set()
-        queues, owners = self._queues, self._owners
-        for pair in remaining:
-            key, entry = pair
-            queue = queues[key]
-            head = queue[0]
-            if head is entry:
-                ready.append(pair)
-            elif owners.get(id(head)) is not job:  # another batch, or one still open (None)
-                foreign.add(key)
-            elif not partial:
-                for queued in queue:
-                    if queued is entry:
-                        ready.append(pair)
-                        break
-                    if owners.get(id(queued)) is not job:
-                        foreign.add(key)
-                        break
-        return ready, foreign
+        tg = self._tg
+        if tg is None:
+            return
+        free = pool.free
+        while free:
+            if not force and pool.waiting and len(free) < pool.max_items:
+                if pool.timer is None:
+                    pool.timer = asyncio.get_running_loop().call_later(_GATHER_WAIT, self._gathered, pool)
+                return
+            entries = self._order.take(pool)
+            pool.waiting += 1
+            pool.tasks += 1
+            task = tg.create_task(self._deliver(pool, entries))
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._request_done, pool, entries))
+        if pool.timer is not None:
+            pool.timer.cancel()
+            pool.timer = None
+        self._order.discard_if_idle(pool)
 
-    async def _wait_for(self, keys: set[_Key], timeout: float | None) -> bool:
-        """Wait until one of ``keys`` has a record released; False when ``timeout`` ran out first."""
-        event = asyncio.Event()
-        for key in keys:
-            self._waiters.setdefault(key, []).append(event)
-        if timeout is None:
-            await event.wait()
-            return True
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            return False
-        return True
+    def _request_done(self, pool: Pool, entries: list[BatchEntry], task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        pool.waiting -= 1
+        pool.tasks -= 1
+        owners = self._order.owners
+        left = [entry for entry in entries if id(entry) in owners]
+        if left:  # cancelled (or failed): do not block later records of these keys forever
+            self._release(left)
+        self._mark(pool)
 
-    def _release(self, entries: Sequence[tuple[_Key, BatchEntry]]) -> None:
-        """``entries`` are terminal: later records of their keys may go; wake the batches waiting on them."""
-        for key, entry in entries:
-            self._owners.pop(id(entry), None)
-            queue = self._queues.get(key)
-            if queue is None:
-                continue
-            if queue[0] is entry:
-                queue.popleft()
-            else:
-                for i, queued in enumerate(queue):
-                    if queued is entry:
-                        del queue[i]
-                        break
-            if not queue:
-                del self._queues[key]
-            for event in self._waiters.pop(key, ()):
-                event.set()
+    def _release(self, entries: Sequence[BatchEntry]) -> None:
+        """``entries`` are terminal (or dropped): later records of their keys may go."""
+        for pool in self._order.release(entries):
+            self._mark(pool)
+        if not self._jobs:
+            self._idle.set()
 
-    async def _deliver(self, route: Route, entries: Sequence[BatchEntry]) -> None:
-        """Deliver ``entries`` until each is terminal (result or failure record published)."""
+    async def _deliver(self, pool: Pool, entries: Sequence[BatchEntry]) -> None:
+        """Deliver ``entries`` until each is terminal (result or failure record published, then released)."""
+        route = pool.route
         pending = list(entries)
         state = self._policy.new_state()
         attempts = 0
@@ -440,7 +420,7 @@ class Dispatcher:
                         retry_in=round(delay, 3),
                     )
                 self._retries += 1
-                await asyncio.sleep(delay)
+                await self._back_off(pool, delay)
                 continue
             self._failing_since = None
             latency = self._clock() - started
@@ -448,7 +428,7 @@ class Dispatcher:
             if halves:
                 self._bisections += 1
                 for half in halves:
-                    await self._deliver(route, half)
+                    await self._deliver(pool, half)
                 return
             if pending:
                 now = self._clock()
@@ -458,7 +438,16 @@ class Dispatcher:
                     await self._give_up(route, pending, attempts, first_failure_wall, None)
                     return
                 self._retries += 1
-                await asyncio.sleep(delay)
+                await self._back_off(pool, delay)
+
+    async def _back_off(self, pool: Pool, delay: float) -> None:
+        """Sleep before a retry; meanwhile the route's free entries need not wait for this request."""
+        pool.waiting -= 1
+        self._mark(pool)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            pool.waiting += 1
 
     async def _send(self, route: Route, entries: Sequence[BatchEntry]) -> BatchResponse:
         """One request in an in-flight slot; its outcome feeds the adaptive limiter, when there is one."""
@@ -505,6 +494,7 @@ class Dispatcher:
         )
         _log.error("batch_retries_exhausted", route=str(route), items=len(pending), attempts=attempts)
         await self._sink.undeliverable(route, [(e, failure) for e in pending])
+        self._release(pending)
 
     async def _settle(
         self,
@@ -550,8 +540,10 @@ class Dispatcher:
                 backoff_needed = backoff_needed or kind is OutcomeKind.RETRY
         if done:
             await self._sink.delivered(route, done, response, done_outcomes, attempts, latency)
+            self._release(done)
         if failures:
             await self._sink.undeliverable(route, failures)
+            self._release([entry for entry, _ in failures])
         halves: list[list[BatchEntry]] = []
         if bisect:
             rest = bisect + again  # keep original order: bisection re-sends everything not yet terminal
@@ -562,9 +554,3 @@ class Dispatcher:
         # Items refused only because of others (not_attempted) go again at once; transient ones back off.
         hint = response.retry_after if backoff_needed else 0.0
         return again, hint, []
-
-
-def _order_key(entry: BatchEntry) -> _Key:
-    """Order is kept per ordering key *within a partition*: Kafka orders nothing across partitions."""
-    ref = entry.ref
-    return (ref.topic, ref.partition, entry.item.ordering_key)

@@ -59,12 +59,18 @@ class Batch:
         entries: in the order they were added.
         created_at: the ``now`` of the first entry's :meth:`Batcher.add` (monotonic seconds).
         size: the exact length of :attr:`body_bytes`, known without building it.
+        max_items: the item limit the batch was built under (``None``: the route's own limit). The
+            dispatcher may merge entries of several batches of a route into one request; it never
+            puts more than this in one.
+        max_bytes: the body-byte limit the batch was built under (``None``: no byte limit).
     """
 
     route: Route
     entries: tuple[BatchEntry, ...]
     created_at: float
     size: int
+    max_items: int | None = None
+    max_bytes: int | None = None
     _body: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -106,8 +112,8 @@ class _OpenBatch:
     entries: list[BatchEntry] = field(default_factory=list)
     size: int = _ENVELOPE - 1  # + (len + 1) per entry gives 11 + sum(len) + (n - 1)
 
-    def close(self) -> Batch:
-        return Batch(self.route, tuple(self.entries), self.created_at, self.size)
+    def close(self, max_bytes: int) -> Batch:
+        return Batch(self.route, tuple(self.entries), self.created_at, self.size, self.limit, max_bytes)
 
 
 class Batcher:
@@ -272,7 +278,7 @@ class Batcher:
 
     def _emit(self, route: Route) -> Batch:
         batch = self._open.pop(route)
-        closed = batch.close()
+        closed = batch.close(self.max_bytes)
         n = len(closed.entries)
         self._buffered_entries -= n
         self._buffered_bytes -= closed.size - _ENVELOPE - (n - 1)
