@@ -73,6 +73,47 @@ class KafkaSettings(_Section):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     static_membership: bool = False
     group_instance_id: str | None = None
+    # Exactly-once outcomes (bridge/outputs.py TransactionalOutcomes); off by default.
+    exactly_once: bool = Field(
+        default=False,
+        description="Commit result/failure records and the consumed offsets in one Kafka transaction, so each "
+        "input record has exactly one *committed* outcome even after a crash; readers of the output topics must "
+        "use `isolation.level=read_committed`. The Kard API call itself stays at-least-once.",
+    )
+    transactional_id: str | None = Field(
+        default=None,
+        description="`transactional.id` in exactly-once mode: unique among running members and stable across "
+        "restarts of one member (a restarted member then fences its predecessor and aborts its open "
+        "transaction). Default `<client id>-<group id>-<member>`, member = the static group instance id when "
+        "static membership is on, else `BRIDGE_INSTANCE_ID` (unique but not stable across restarts).",
+    )
+    transaction_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        le=900,
+        description="Exactly-once mode: the broker aborts a transaction left open this long (by a member that "
+        "died and is not restarted with the same transactional id), seconds; ≤ the broker's "
+        "`transaction.max.timeout.ms`.",
+    )
+
+    @model_validator(mode="after")
+    def _transactions(self) -> KafkaSettings:
+        if self.transactional_id is not None and not self.exactly_once:
+            raise ValueError("KAFKA_TRANSACTIONAL_ID is only used with KAFKA_EXACTLY_ONCE=true")
+        return self
+
+    def effective_group_instance_id(self) -> str | None:
+        """The static member id sent to the group coordinator, or None without static membership."""
+        return self.group_instance_id or (socket.gethostname() if self.static_membership else None)
+
+    def transactional_id_for(self, group_id: str, instance_id: str) -> str | None:
+        """The producer's ``transactional.id`` in exactly-once mode (None otherwise); see ``transactional_id``."""
+        if not self.exactly_once:
+            return None
+        if self.transactional_id:
+            return self.transactional_id
+        member = self.effective_group_instance_id() or instance_id
+        return f"{self.client_id}-{group_id}-{member}"
 
     @model_validator(mode="after")
     def _secure_transport(self) -> KafkaSettings:
@@ -123,9 +164,11 @@ class KafkaSettings(_Section):
         )
         if self.rebalance_timeout is not None:
             kwargs["rebalance_timeout_ms"] = int(self.rebalance_timeout * 1000)
-        instance_id = self.group_instance_id or (socket.gethostname() if self.static_membership else None)
+        instance_id = self.effective_group_instance_id()
         if instance_id:
             kwargs["group_instance_id"] = instance_id
+        if self.exactly_once:
+            kwargs["isolation_level"] = "read_committed"  # skip aborted input records (transactional upstreams)
         return kwargs
 
 
@@ -174,6 +217,24 @@ class BridgeSettings(_Section):
     retry_cap: float = Field(default=30.0, gt=0)
     max_retry_time: float | None = Field(default=900.0, gt=0)
     max_retry_after: float = Field(default=300.0, gt=0)
+    # Adaptive concurrency (AIMD, bridge/pipeline/concurrency.py); BRIDGE_MAX_IN_FLIGHT stays the ceiling.
+    adaptive_concurrency: bool = Field(
+        default=False,
+        description="Let the number of concurrent API requests adapt (AIMD): +1 per round trip while latency "
+        "holds, cut on 429/503/timeouts or latency spikes, never above `BRIDGE_MAX_IN_FLIGHT`.",
+    )
+    adaptive_initial_concurrency: int = Field(
+        default=1, gt=0, description="Adaptive concurrency: the limit to start with (at most the maximum)."
+    )
+    adaptive_decrease_ratio: float = Field(
+        default=0.9, gt=0, lt=1, description="Adaptive concurrency: the limit is multiplied by this on back-pressure."
+    )
+    adaptive_rtt_deviation_scale: float = Field(
+        default=2.5,
+        ge=0,
+        description="Adaptive concurrency: a round trip slower than the moving average by this many deviations "
+        "(and by at least 10 %) counts as back-pressure.",
+    )
     # Buffers (records consumed but not yet finished) and commits.
     buffer_max_records: int = Field(default=20_000, gt=0)
     buffer_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
@@ -184,6 +245,8 @@ class BridgeSettings(_Section):
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+    # Runtime.
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 
     @model_validator(mode="after")
     def _some_input(self) -> BridgeSettings:

@@ -104,6 +104,11 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("bridge", "commit_interval"): "How often finished offsets are committed, seconds.",
     ("bridge", "drain_timeout"): "Drain budget after SIGTERM, seconds (keep the orchestrator's grace period above it).",
     ("bridge", "metrics_host"): "Address of the `/metrics`, `/healthz`, `/readyz` endpoint.",
+    ("bridge", "event_loop"): (
+        "`asyncio` (default) or `uvloop`. uvloop is faster, but under network cuts aiokafka and httpcore meet "
+        "errors from its closed transports that they do not handle (RuntimeError, AttributeError), which the "
+        "chaos suite saw crash the process; see RELIABILITY.md."
+    ),
     ("bridge", "metrics_port"): "Port of the `/metrics`, `/healthz`, `/readyz` endpoint (0 picks a free port).",
     ("bridge", "log_level"): "Log level of the structured logs on stdout.",
     ("bridge", "log_format"): "`json` (one event per line) or `console` (for people).",

@@ -9,6 +9,12 @@ Failure records keep the input's key, value and headers byte for byte and add ``
 headers (see ``bridge.events.outcomes``), which is all ``kard-bridge replay`` needs. An outcome record
 whose produce fails is produced again with back-off until it succeeds: its input offset stays
 unfinished (and uncommitted) meanwhile, and the flow control pauses the consumer if that lasts.
+
+Exactly-once mode (``KAFKA_EXACTLY_ONCE``, :class:`TransactionalOutcomes`): an outcome is *staged* in memory
+instead (the input offset is finished at once), and :meth:`TransactionalOutcomes.commit` produces, in one
+Kafka transaction, exactly the staged outcomes below the offsets it then commits with them. Outcomes are
+never produced ahead of their offset: records finish out of order (different keys run in parallel), and
+an outcome committed above its partition's committed offset would be produced again after a crash.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import asyncio
 import functools
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,13 +42,14 @@ from bridge.events.outcomes import (
     sanitize_text,
 )
 from bridge.kafka import OutputProducer
+from bridge.kafka.producer import TransactionAborted, TransactionFatal
 from bridge.kard.responses import BatchResponse, ItemOutcome
 from bridge.observability.metrics import BridgeMetrics
 from bridge.pipeline.batcher import BatchEntry
-from bridge.records import Header, SourceRecord
+from bridge.records import Header, SourceRecord, TopicPartition
 from bridge.routes import Route
 
-__all__ = ["OutcomePublisher"]
+__all__ = ["NotAMember", "OutcomePublisher", "TransactionalOutcomes"]
 
 _log = structlog.get_logger("bridge.outputs")
 
@@ -59,7 +66,7 @@ class OutcomePublisher:
         producer: OutputProducer,
         settings: Settings,
         *,
-        on_finished: Callable[[SourceRecord], None],
+        on_finished: Callable[[SourceRecord], object],
         metrics: BridgeMetrics | None = None,
     ) -> None:
         self._producer = producer
@@ -124,9 +131,7 @@ class OutcomePublisher:
         messages: list[_Message] = []
         for entry, failure in failures:
             record = _record(entry)
-            reason_class = (
-                ReasonClass.REJECTED if failure.reason == "rejected" else ReasonClass.RETRIES_EXHAUSTED
-            )
+            reason_class = ReasonClass.REJECTED if failure.reason == "rejected" else ReasonClass.RETRIES_EXHAUSTED
             messages.append(
                 self._failure_message(
                     record,
@@ -300,6 +305,105 @@ class OutcomePublisher:
         except TimeoutError:
             return False
         return True
+
+
+class TransactionalOutcomes(OutcomePublisher):
+    """Exactly-once mode: outcome records wait in memory until a transaction commits them with their offsets.
+
+    ``on_finished(record)`` is called when an outcome is *staged* and must return whether the record is
+    still tracked (owned, unfinished); only then is the outcome kept, so every finished offset has exactly
+    one staged or committed outcome. :meth:`commit` runs one transaction: begin, produce the staged
+    outcomes below the given offsets (in offset order), wait for their acks, add the offsets, commit. Only
+    after a successful commit do they leave the stage: an aborted transaction is simply tried again.
+    """
+
+    def __init__(
+        self,
+        producer: OutputProducer,
+        settings: Settings,
+        *,
+        on_finished: Callable[[SourceRecord], bool],
+        metrics: BridgeMetrics | None = None,
+    ) -> None:
+        super().__init__(producer, settings, on_finished=on_finished, metrics=metrics)
+        self._track = on_finished
+        self._staged: dict[TopicPartition, dict[int, _Message]] = {}
+        self.staged = 0
+
+    async def _publish(self, messages: Sequence[_Message]) -> None:
+        """Stage the outcomes of records that are still ours (a revoked partition's next owner redoes the rest)."""
+        for message in messages:
+            record = message[4]
+            if self._track(record):
+                self._staged.setdefault(record.tp, {})[record.offset] = message
+                self.staged += 1
+
+    def drop_partitions(self, partitions: frozenset[TopicPartition]) -> int:
+        """Forget the staged outcomes of revoked partitions (their offsets are not committed); returns how many."""
+        dropped = 0
+        for tp in partitions:
+            dropped += len(self._staged.pop(tp, {}))
+        self.staged -= dropped
+        return dropped
+
+    async def commit(
+        self,
+        offsets: Mapping[TopicPartition, int],
+        group_id: str,
+        *,
+        still_member: Callable[[], Awaitable[bool]] | None = None,
+    ) -> list[SourceRecord]:
+        """One transaction with the staged outcomes below ``offsets`` and ``offsets`` themselves.
+
+        ``offsets`` must be contiguous finished watermarks (``OffsetTracker.committable``): every record
+        below them has its outcome staged here or committed earlier. Returns the records whose outcomes
+        this transaction committed. ``still_member`` is asked once the outcomes are acked, just before the
+        offsets are added: aiokafka's ``TxnOffsetCommit`` v0 carries no group generation, so nothing else
+        stops a member that lost its partitions in a rebalance from committing them (PITFALLS A9); when it
+        answers False the transaction is aborted. It must come *before* the offsets: the check is a plain
+        offset commit, and the group coordinator drops a transaction's offset for a partition when a plain
+        commit of that partition was written after it (it would undo this transaction's offsets).
+
+        Raises:
+            TransactionAborted: the transaction was aborted; everything stays staged for the next attempt.
+            TransactionFatal: the producer cannot go on; the caller must stop (see ``bridge.app``).
+        """
+        chosen: list[tuple[TopicPartition, int]] = []
+        messages: list[_Message] = []
+        for tp, upto in offsets.items():
+            staged = self._staged.get(tp)
+            if not staged:
+                continue
+            for offset in sorted(o for o in staged if o < upto):
+                chosen.append((tp, offset))
+                messages.append(staged[offset])
+        producer = self._producer
+        member = True
+        await producer.begin()
+        try:
+            async with asyncio.timeout(producer.send_timeout):
+                acks = [await producer.send(topic, value, key, headers) for topic, value, key, headers, _ in messages]
+                # aiokafka would commit a transaction with a failed batch: every ack is checked first.
+                await producer.wait_acked(acks)
+            member = still_member is None or await still_member()
+            if member:
+                await producer.send_offsets(offsets, group_id)
+        except TransactionFatal:
+            raise
+        except (OutputError, TimeoutError) as exc:
+            await producer.fail(exc, "produce")
+        if not member:
+            await producer.abort()
+            raise NotAMember("not a member of the group generation any more: transaction aborted")
+        await producer.commit()
+        for tp, offset in chosen:
+            del self._staged[tp][offset]
+        self.staged -= len(chosen)
+        return [message[4] for message in messages]
+
+
+class NotAMember(TransactionAborted):
+    """The membership check before a commit failed (a rebalance took the partitions): aborted, nothing lost."""
 
 
 def _record(entry: BatchEntry) -> SourceRecord:

@@ -42,15 +42,21 @@ def _run(args: argparse.Namespace) -> int:
     from bridge.observability.logging import configure_logging
 
     configure_logging(settings.bridge.log_level, settings.bridge.log_format)
-    return _asyncio_run(run_bridge(settings))
+    return _asyncio_run(run_bridge(settings), settings.bridge.event_loop)
 
 
-def _asyncio_run(coro: Any) -> int:
-    """Run on uvloop when it is installed (faster sockets and callbacks), else the default loop."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a default dependency on Linux
-        result: int = asyncio.run(coro)
-        return result
-    result = uvloop.run(coro)
-    return int(result)
+def _asyncio_run(coro: Any, event_loop: str) -> int:
+    """Run on the chosen event loop; ``uvloop`` falls back to the default loop when it is not installed.
+
+    The default is the standard loop: under network cuts, uvloop's closed transports raise errors aiokafka's
+    heartbeat and httpcore's connection setup do not handle (see ``event_loop`` in docs/configuration.md).
+    """
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a default dependency on Linux
+            pass
+        else:
+            return int(uvloop.run(coro))
+    result: int = asyncio.run(coro)
+    return result

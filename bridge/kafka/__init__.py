@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from aiokafka.errors import KafkaConnectionError as KafkaUnreachable
+
 from bridge.kafka.consumer import BridgeConsumer, RebalanceHandler
 from bridge.kafka.producer import OutputProducer
 
-__all__ = ["BridgeConsumer", "OutputProducer", "RebalanceHandler"]
+__all__ = ["BridgeConsumer", "KafkaUnreachable", "OutputProducer", "RebalanceHandler"]

@@ -9,6 +9,7 @@ re-applies the pause to newly assigned partitions when the bridge is holding bac
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
@@ -149,13 +150,56 @@ class BridgeConsumer:
             return {}
         return {_ours(tp): om.offset for tp, om in todo.items()}
 
+    async def confirm_membership(self, probe: tuple[TopicPartition, int]) -> bool:
+        """Whether this member still belongs to the group's current generation.
+
+        Commits ``probe`` (a partition this member owns and an offset already committed for it, so nothing
+        changes) with the generation-checked ``OffsetCommit``: a member that was expelled or whose
+        generation ended gets ``CommitFailedError``. Exactly-once mode asks this right before each
+        transaction commit, because ``TxnOffsetCommit`` v0 is not fenced by generation (PITFALLS A9).
+        """
+        tp, offset = probe
+        return bool(await self.commit({tp: offset}))
+
     async def committed(self, tp: TopicPartition) -> int | None:
         result: int | None = await self._consumer.committed(_theirs(tp))
         return result
 
+    async def wait_committed(self, offsets: Mapping[TopicPartition, int], timeout: float) -> bool:
+        """Wait until the group coordinator reports at least ``offsets`` as committed (False at ``timeout``).
+
+        Offsets committed through a transaction become visible only once the coordinator has written the
+        transaction markers, a few milliseconds after the commit returned; aiokafka's ``OffsetFetch`` (≤ v3)
+        cannot ask for stable offsets (``require_stable`` is v7, KIP-447), so a next owner could read the
+        previous offset in that window. The revoke path waits here before giving the partitions up.
+        """
+        remaining = dict(offsets)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while remaining:
+            tps = list(remaining)
+            try:
+                seen = await asyncio.gather(*(self._consumer.committed(_theirs(tp)) for tp in tps))
+            except KafkaError as exc:
+                _log.warning("committed_fetch_failed", error=type(exc).__name__)
+                seen = [None] * len(tps)
+            for tp, offset in zip(tps, seen, strict=True):
+                if offset is not None and offset >= remaining[tp]:
+                    del remaining[tp]
+            if not remaining:
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
     async def position(self, tp: TopicPartition) -> int:
         result: int = await self._consumer.position(_theirs(tp))
         return result
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Fetch ``tp`` again from ``offset`` on the next poll (no effect on committed offsets)."""
+        self._consumer.seek(_theirs(tp), offset)
 
     async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """Current end offsets (for lag and the progress watchdog); empty when the brokers do not answer."""
@@ -169,4 +213,3 @@ class BridgeConsumer:
         """Last known end offset of ``tp`` from fetch responses (for lag metrics); None before a fetch."""
         result: int | None = self._consumer.highwater(_theirs(tp))
         return result
-

@@ -7,6 +7,7 @@ an operator would; the checks read the output topics, the group's committed offs
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections import Counter
 
@@ -179,3 +180,16 @@ async def test_two_processes_with_one_group_share_the_partitions(
         outcomes.single(record.coord)
     instances = Counter(o.result.bridge.instance_id for o in outcomes.results if o.result is not None)
     assert set(instances) == {one.instance_id, two.instance_id}, instances
+
+
+async def test_a_bridge_started_while_kafka_is_unreachable_waits_and_exits_cleanly_on_sigterm(
+    bridge_process: BridgeProcessFactory, sandbox: SandboxProcess
+) -> None:
+    """No Kafka at startup is a wait with backoff, not an exit 1 (the chaos suite's Kafka cut found it)."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    proc = bridge_process(sandbox, group_id=_group(), kafka={"bootstrap_servers": dead})
+    await wait_until(lambda: proc.events("kafka_unreachable_at_startup"), 90, what="a startup retry")
+    proc.check()  # still running
+    assert await proc.terminate(timeout=30) == 0
