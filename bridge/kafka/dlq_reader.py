@@ -61,7 +61,9 @@ class DlqReader:
     ) -> None:
         kwargs = dict(consumer_kwargs)
         kwargs.pop("group_instance_id", None)  # no membership: static membership has no meaning here
-        kwargs.update(auto_offset_reset="earliest", enable_auto_commit=False)
+        # read_committed: with exactly-once outputs an aborted transaction's failure records must not be replayed
+        # (it costs nothing when the bridge writes without transactions).
+        kwargs.update(auto_offset_reset="earliest", enable_auto_commit=False, isolation_level="read_committed")
         self.topic = topic
         self.group_id = group_id
         self._consumer = AIOKafkaConsumer(group_id=group_id, **kwargs)

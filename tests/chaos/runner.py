@@ -239,6 +239,8 @@ class ChaosRun:
             env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "KARD_", "BRIDGE_"))}
             env.update(_env(sections))
             env.update(sc.bridge_env)
+            if sc.exactly_once:
+                env["KAFKA_EXACTLY_ONCE"] = "true"  # transactional id from the stable BRIDGE_INSTANCE_ID
             if sc.sample_processes:
                 env["BRIDGE_METRICS_PORT"] = str(_free_port())
             slot = BridgeSlot(i, instance_id, env, self.workdir / "bridges")
