@@ -176,6 +176,9 @@ def _prefix_rejections(request: web.Request, items: list[Any], batch: bool, prob
             for name in spec.fields:
                 value = item.get("id") if name == "id" else attrs.get(name) if type(attrs) is dict else None
                 if type(value) is str and value.startswith(spec.prefix):
+                    if not spec.attribute:  # all or nothing: one error for the request, naming no item
+                        request.app[STATE_KEY].store.count(request_record(request), len(items), len(items))
+                        raise RequestRejected(spec.detail, status=int(spec.status), title=spec.title)
                     pointer = f"{base}/id" if name == "id" else f"{base}/attributes/{name}"
                     problems.setdefault(i, []).append(Problem(pointer, spec.detail, spec.status, spec.title))
                     break

@@ -11,6 +11,10 @@ One document configures every fault; the same JSON is accepted by ``kard-bridge 
 A document without ``rules`` is one rule (``{"error_rates": {"500": 1}, "times": 2}``). ``endpoint`` scopes a
 rule: one sandbox endpoint name, a list of them, ``null`` (every Kard endpoint except ``token``) or ``"*"``
 (all, token included). ``/_sandbox/*`` is never faulted. What each field does is in :mod:`bridge.sandbox.faults`.
+
+Per-item rejections: ``{"reject_items": {"prefix": "bad-", "fields": ["id"]}}`` names each rejected item in the
+error (``id``, ``source.pointer``); add ``"attribute": false`` to refuse the whole request instead with an
+error that names no item (see :class:`RejectItems`).
 """
 
 from __future__ import annotations
@@ -121,10 +125,18 @@ class Drop(_Model):
 
 
 class RejectItems(_Model):
-    """Items where any of ``fields`` starts with ``prefix`` fail with a per-item error of ``status``.
+    """Items where any of ``fields`` starts with ``prefix`` fail with an error of ``status`` (a 4xx or 5xx).
 
-    ``id`` is the item's own id; other names are looked up in ``attributes``. On 207 endpoints this gives a
+    ``id`` is the item's own id; other names are looked up in ``attributes``.
+
+    ``attribute=True`` (the default) names each bad item: its error carries the item's ``id`` and a
+    ``source.pointer`` (``/data/<i>/id`` or ``/data/<i>/attributes/<field>``). On 207 endpoints this gives a
     207 (or a 400/``status`` when no item is left); elsewhere the whole request fails and lists them.
+
+    ``attribute=False`` refuses the *whole request*, on every endpoint (no 207), whenever at least one bad
+    item is in it, with a single error that names no item (no ``id``, no ``source.pointer``) and no
+    items are recorded. A client can only find the culprit by splitting the batch (the bridge bisects):
+    requests without a bad item pass.
     """
 
     prefix: str = Field(min_length=1)
@@ -132,6 +144,14 @@ class RejectItems(_Model):
     status: str = "400"
     title: str = "Invalid Request"
     detail: str = "rejected by the sandbox (reject_items fault)"
+    attribute: bool = True
+
+    @field_validator("status")
+    @classmethod
+    def _error_status(cls, value: str) -> str:
+        if not (value.isdigit() and 400 <= int(value) <= 599):
+            raise ValueError(f"status must be an HTTP error status 400-599, got {value!r}")
+        return value
 
 
 class Capacity(_Model):

@@ -11,7 +11,9 @@ request, then acts in this order:
 3. ``hang`` (answer after ``delay``, or never), then ``latency`` (``per_item`` is added after the body is read);
 4. ``drop`` (``before``), or an ``error_rates`` status (ErrorResponse, or the ``error_body`` style);
 5. the endpoint runs, with ``reject_items`` / ``reject_duplicates`` applied per item; ``drop`` (``after``)
-   then closes the connection instead of answering.
+   then closes the connection instead of answering. ``reject_items`` names each bad item (error ``id`` and
+   ``source.pointer``) unless it has ``"attribute": false``: then any request holding a bad item fails as a
+   whole with one error that names none, the way an all-or-nothing API forces a client to bisect.
 
 Rules are applied in order; each sees only requests of its ``endpoint`` scope, skips its first ``after``
 matches, and stops after affecting ``times`` requests. Latencies add up; the first terminal outcome wins.

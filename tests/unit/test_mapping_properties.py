@@ -1,29 +1,41 @@
 """Properties of ``map_record``: total, deterministic, sendable, and silent about values (PITFALLS §7.2).
 
-Budgets are CI-sized; ``KARD_BRIDGE_HYPOTHESIS_LONG=1`` runs each property with 1,000,000 examples.
+Totality is asserted explicitly by :func:`_outcome`: every call either returns a sendable ``MappedItem``
+or raises one of the mapper's own error types (``DecodeError``, ``SchemaError``, ``MappingError``) with a
+snake_case reason; any other exception fails the property with an ``AssertionError`` naming it.
+
+Budgets are CI-sized; ``KARD_BRIDGE_HYPOTHESIS_LONG=1`` runs each property with 1,000,000 examples
+(command in :mod:`tests.event_strategies`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.errors import RecordError
+from bridge.errors import DecodeError, MappingError, RecordError, SchemaError
 from bridge.events.common import EventKind
 from bridge.mapping import MappingContext, map_record
 from bridge.records import SourceRecord
 from bridge.routes import MappedItem
 from bridge.topics import load_catalogue
-from tests.event_strategies import EXAMPLES, events, json_values, mutated, render
+from tests.event_strategies import EXAMPLES, LONG_RUN_MARKS, events, json_values, mutated, render
+
+pytestmark = LONG_RUN_MARKS
 
 CATALOGUE = load_catalogue()
 KINDS = st.sampled_from(list(EventKind))
 MODES = st.sampled_from(["per_user", "bulk"])
 PAN = "4111111111111111"
+#: The mapper's own error types: the only exceptions ``map_record`` may raise.
+OWN_ERRORS = (DecodeError, SchemaError, MappingError)
+REASON = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 SETTINGS = settings(
     deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 )
@@ -46,12 +58,42 @@ def _record(kind: EventKind, value: bytes | None) -> SourceRecord:
     return SourceRecord(CATALOGUE.by_kind(kind).name, 3, 42, b"key", value, (("h", b"v"),), 1_700_000_000_000)
 
 
+def _sendable(item: MappedItem) -> None:
+    """``item`` is what httpx would send: its bytes are strict UTF-8 JSON equal to the item (PITFALLS H7)."""
+    assert isinstance(item.item, dict)
+    assert item.encoded == orjson.dumps(item.item)
+    # httpx's encode_json: allow_nan=False, then .encode("utf-8") (raises on NaN or a lone surrogate).
+    wire = json.dumps(item.item, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    assert json.loads(wire) == json.loads(item.encoded.decode("utf-8")) == item.item
+
+
 def _outcome(kind: EventKind, value: bytes | None, ctx: MappingContext) -> MappedItem | RecordError:
-    """The item, or the RecordError; any other exception escapes and fails the property."""
+    """The sendable item, or the mapper's own error; anything else raised fails the property explicitly."""
     try:
-        return map_record(_record(kind, value), ctx)
-    except RecordError as exc:
+        item = map_record(_record(kind, value), ctx)
+    except OWN_ERRORS as exc:
+        assert REASON.fullmatch(exc.reason), f"reason {exc.reason!r} is not a stable snake_case code"
+        assert exc.reason_class in ("decode", "schema", "mapping")
+        assert isinstance(exc.message, str) and exc.message
         return exc
+    except Exception as exc:  # the property under test: nothing else may escape the mapper
+        raise AssertionError(
+            f"map_record raised {type(exc).__module__}.{type(exc).__qualname__}, not one of its own error types"
+        ) from exc
+    assert isinstance(item, MappedItem), f"map_record returned {type(item).__name__}"
+    _sendable(item)
+    return item
+
+
+def test_outcome_fails_on_a_foreign_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The totality check itself can fail: a mapper that leaks a ValueError is reported, not ignored."""
+
+    def leaky(record: SourceRecord, ctx: MappingContext) -> MappedItem:
+        raise ValueError("boom")
+
+    monkeypatch.setattr(f"{__name__}.map_record", leaky)
+    with pytest.raises(AssertionError, match=r"builtins\.ValueError"):
+        _outcome(EventKind.ELIGIBILITY, b"{}", _ctx())
 
 
 @budget(1000)
@@ -78,8 +120,7 @@ def test_valid_events_map_deterministically_to_sendable_items(kind: EventKind, m
     ctx = _ctx(mode)
     item = map_record(_record(kind, raw), ctx)
     assert map_record(_record(kind, raw), ctx) == item
-    assert item.encoded == orjson.dumps(item.item)
-    assert json.loads(json.dumps(item.item, allow_nan=False).encode("utf-8")) == item.item
+    _sendable(item)
     assert item.event_id == event["event_id"]
     assert item.ordering_key == event["user_id"]
     assert item.route.organization_id == (event.get("organization_id") or "org-demo")
