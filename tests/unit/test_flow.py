@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.pipeline.flow import FlowControl, FlowStatistics
-
-_LONG = os.environ.get("KARD_BRIDGE_HYPOTHESIS_LONG") == "1"
+from tests.event_strategies import EXAMPLES
 
 
 def flow() -> FlowControl:
@@ -88,7 +85,7 @@ def test_invalid_watermarks_are_rejected(low: int, high: int) -> None:
 _step = st.tuples(st.booleans(), st.integers(0, 6), st.integers(0, 600))
 
 
-@settings(max_examples=5000 if _LONG else 200, deadline=None)
+@settings(max_examples=EXAMPLES(200), deadline=None)
 @given(steps=st.lists(_step, max_size=100))
 def test_loop_acting_on_decisions_keeps_pause_state_consistent(steps: list[tuple[bool, int, int]]) -> None:
     """A consumer loop obeying the decisions is paused at or above a high mark and never stuck paused."""

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.pipeline.retry import Backoff, RetryPolicy, RetryState
+from tests.event_strategies import EXAMPLES
 
-_LONG = os.environ.get("KARD_BRIDGE_HYPOTHESIS_LONG") == "1"
 _RAND = st.floats(0.0, 1.0, exclude_max=True)
 
 
@@ -41,7 +40,7 @@ def test_backoff_rejects_bad_arguments() -> None:
         Backoff(multiplier=0.5)
 
 
-@settings(max_examples=5000 if _LONG else 200, deadline=None)
+@settings(max_examples=EXAMPLES(200), deadline=None)
 @given(attempt=st.integers(1, 10_000), rand=_RAND)
 def test_backoff_delay_stays_under_its_growing_ceiling(attempt: int, rand: float) -> None:
     """Every delay lies in [0, ceiling), and the ceiling never shrinks as attempts grow."""
