@@ -153,6 +153,7 @@ class ChaosRun:
         self.process_samples: list[ProcessSample] = []
         self._t0 = time.time()
         self._fault_index = 0
+        self._kind_counts: dict[str, int] = {}
 
     # The pieces started in ``run`` (set there).
     cluster: KafkaCluster
@@ -319,8 +320,9 @@ class ChaosRun:
         control = self.sandbox.control
         hold = sc.fault_seconds
         reference_at_end = True
+        self._kind_counts[kind.split("-")[0]] = turn = self._kind_counts.get(kind.split("-")[0], 0) + 1
         if kind in ("bridge-kill", "bridge-roll"):
-            slot = self.slots[n % len(self.slots)]
+            slot = self.slots[turn % len(self.slots)]  # every bridge gets its turn
             record.detail = slot.instance_id
             reference_at_end = False
             if kind == "bridge-kill":
@@ -334,7 +336,7 @@ class ChaosRun:
                 record.detail += f", exit {code}"
             slot.start()
         elif kind in ("broker-restart", "broker-kill"):
-            node = n % sc.brokers
+            node = turn % sc.brokers  # every node gets its turn
             record.detail = f"node {node}"
             reference_at_end = False
             if kind == "broker-restart":
