@@ -451,17 +451,21 @@ class Bridge:
         if self._outputs is not None:
             drained &= await self._outputs.wait_settled(max(0.0, budget - (time.monotonic() - started)))
         await self.commit()
-        if self._transactions is not None:
-            await self._settle_transactional_handover(partitions, budget - (time.monotonic() - started))
-        for tp in partitions:
-            # Unfinished records stay uncommitted for the next owner; stop counting them as buffered
-            # (a late ack finds the partition revoked and releases nothing twice).
-            records, size = self._held.pop(tp, (0, 0))
-            if records:
-                self.flow.release(records, size)
-            self.tracker.revoke(tp)
-            self.committed.pop(tp, None)
-            self._known_committed.pop(tp, None)
+        # Under the commit lock until the partitions are out of the tracker: the pump's periodic commit runs
+        # concurrently with this callback and must not commit them after the handover (the chaos suite's
+        # exactly-once run caught a transaction committing a revoked partition's outcomes a second time).
+        async with self._commit_lock:
+            if self._transactions is not None:
+                await self._settle_transactional_handover(partitions, budget - (time.monotonic() - started))
+            for tp in partitions:
+                # Unfinished records stay uncommitted for the next owner; stop counting them as buffered
+                # (a late ack finds the partition revoked and releases nothing twice).
+                records, size = self._held.pop(tp, (0, 0))
+                if records:
+                    self.flow.release(records, size)
+                self.tracker.revoke(tp)
+                self.committed.pop(tp, None)
+                self._known_committed.pop(tp, None)
         _log.info("revoke_handled", partitions=len(partitions), dropped=len(dropped), drained=drained)
 
     def _transactional_revoke_budget(self) -> float:

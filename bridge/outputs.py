@@ -396,9 +396,12 @@ class TransactionalOutcomes(OutcomePublisher):
             await producer.abort()
             raise NotAMember("not a member of the group generation any more: transaction aborted")
         await producer.commit()
-        for tp, offset in chosen:
-            del self._staged[tp][offset]
-        self.staged -= len(chosen)
+        removed = 0
+        for tp, offset in chosen:  # a partition dropped meanwhile has nothing left to remove
+            bucket = self._staged.get(tp)
+            if bucket is not None and bucket.pop(offset, None) is not None:
+                removed += 1
+        self.staged -= removed
         return [message[4] for message in messages]
 
 
