@@ -37,37 +37,43 @@ ENDPOINT_LIMITS: dict[Endpoint, int] = {
 _UNSAFE_IN_PATH = frozenset("/?#%")
 
 
+def _path(endpoint: Endpoint, organization_id: str | None, user_id: str | None) -> str:
+    """The request path of a route (see :attr:`Route.path`)."""
+    org = quote(organization_id or "", safe="")
+    match endpoint:
+        case Endpoint.TRANSACTIONS:
+            return f"v2/issuers/{org}/transactions"
+        case Endpoint.FRAUD:
+            return f"v2/issuers/{org}/fraud"
+        case Endpoint.USER_ATTRIBUTIONS:
+            return f"v2/issuers/{org}/users/{quote(user_id or '', safe='')}/attributions"
+        case Endpoint.BULK_ATTRIBUTIONS:
+            return "v2/internal/attributions"
+        case Endpoint.ELIGIBILITY:
+            return "internal/eligibility-broker/ingest"
+
+
 def safe_path_segment(value: str) -> bool:
     """True when ``value`` can be a URL path segment as is (no ``/ ? # %``, no whitespace, not empty)."""
-    return bool(value) and not any(c in _UNSAFE_IN_PATH or c.isspace() for c in value) and value not in {
-        ".",
-        "..",
-    }
+    return bool(value) and value not in {".", ".."} and not any(c in _UNSAFE_IN_PATH or c.isspace() for c in value)
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """An endpoint plus its path parameters; hashable, so it keys the batcher's buffers."""
+    """An endpoint plus its path parameters; hashable, so it keys the batcher's buffers.
+
+    Attributes:
+        path: the request path relative to the API base URL (no leading slash), ids percent-encoded.
+            Computed once here: it is read per request and per result record.
+    """
 
     endpoint: Endpoint
     organization_id: str | None = None
     user_id: str | None = None
+    path: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def path(self) -> str:
-        """The request path relative to the API base URL (no leading slash), ids percent-encoded."""
-        org = quote(self.organization_id or "", safe="")
-        match self.endpoint:
-            case Endpoint.TRANSACTIONS:
-                return f"v2/issuers/{org}/transactions"
-            case Endpoint.FRAUD:
-                return f"v2/issuers/{org}/fraud"
-            case Endpoint.USER_ATTRIBUTIONS:
-                return f"v2/issuers/{org}/users/{quote(self.user_id or '', safe='')}/attributions"
-            case Endpoint.BULK_ATTRIBUTIONS:
-                return "v2/internal/attributions"
-            case Endpoint.ELIGIBILITY:
-                return "internal/eligibility-broker/ingest"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", _path(self.endpoint, self.organization_id, self.user_id))
 
     @property
     def max_items(self) -> int:

@@ -67,6 +67,7 @@ __all__ = [
     "check_schema_version",
     "enum_leaf",
     "format_utc",
+    "utc_text",
 ]
 
 SCHEMA_VERSION = 1
@@ -98,7 +99,8 @@ class Leaf:
     json_schema: Mapping[str, Any]
     #: A hint for the per-record validator, which inlines the accept test of these kinds to save a
     #: call per field: ``"identifier"``, ``"text"``, ``"cents"``, ``"enum"`` (values in ``allowed``)
-    #: or ``""`` (always call ``check``). Rejections always come from ``check``.
+    #: or ``""`` (always call ``check``). Rejections always come from ``check``. ``"timestamp"`` lets
+    #: a projection that sends the value with ``format_utc`` call :func:`utc_text` instead.
     kind: str = ""
     allowed: frozenset[str] = frozenset()
 
@@ -165,6 +167,27 @@ def _check_timestamp(value: Any) -> datetime:
         return datetime.fromisoformat(value).astimezone(UTC)
     except (ValueError, OverflowError):
         raise _fail("invalid_datetime", "is not a real point in time (check the date, time and offset)") from None
+
+
+def utc_text(value: Any) -> str:
+    """``format_utc`` of a checked timestamp in one step: the text a valid timestamp is sent as.
+
+    Text already in that form (``2025-01-02T03:04:05Z``: UTC, no fraction) is returned as it is once it
+    is known to name a real point in time, which skips building, converting and formatting a datetime
+    for the commonest input. Anything else takes the full check and conversion, so what is accepted,
+    and every rejection, is exactly the timestamp check's.
+
+    Raises:
+        SchemaError: as the timestamp check does.
+    """
+    if type(value) is str and len(value) == 20 and value[19] == "Z" and _TIMESTAMP.fullmatch(value) is not None:
+        try:
+            datetime.fromisoformat(value)
+        except (ValueError, OverflowError):
+            pass  # not a real date or time: the full check below says so
+        else:
+            return value
+    return format_utc(_check_timestamp(value))
 
 
 def format_utc(value: datetime) -> str:
@@ -241,7 +264,7 @@ Text = Annotated[str, Leaf(_check_text, _string_schema(1, MAX_TEXT_LENGTH), kind
 Cents = Annotated[int, Leaf(_check_cents, {"type": "integer", "minimum": 0, "maximum": MAX_CENTS}, kind="cents")]
 Timestamp = Annotated[
     datetime,
-    Leaf(_check_timestamp, {"type": "string", "format": "date-time", "pattern": _TIMESTAMP_PATTERN}),
+    Leaf(_check_timestamp, {"type": "string", "format": "date-time", "pattern": _TIMESTAMP_PATTERN}, kind="timestamp"),
 ]
 CurrencyCode = Annotated[str, Leaf(_check_currency, {"type": "string", "pattern": "^[A-Z]{3}$"})]
 Mcc = Annotated[str, Leaf(_digits((4,), "merchant category code"), {"type": "string", "pattern": "^[0-9]{4}$"})]

@@ -190,6 +190,68 @@ class ResultValue(_Model):
     bridge: BridgeRef
 
 
+class _TailMemo:
+    """The serialised second half of the last result value built, and the arguments it came from.
+
+    Everything from ``http_status`` on is the same for every record of one batch (one response object,
+    one pair of times), so it is serialised once per batch instead of once per record: a result value
+    is the per-record head plus this tail, byte for byte what one ``orjson.dumps`` of the whole document
+    gives (orjson writes no whitespace, and the keys keep their order). The objects are compared by
+    identity and the scalars by value and exact type, so a reused tail is always the one those
+    arguments would produce (``1`` and ``True``, or ``12`` and ``12.0``, are equal but print differently).
+    """
+
+    __slots__ = ("completed_at", "first_attempt_at", "response", "scalars", "tail")
+
+    def __init__(self) -> None:
+        self.completed_at: datetime | None = None
+        self.first_attempt_at: datetime | None = None
+        self.response: ApiSummary | None = None
+        self.scalars: tuple[Any, ...] = ()
+        self.tail = b""
+
+
+_TAIL = _TailMemo()
+
+
+def _result_tail(
+    http_status: int,
+    response: ApiSummary,
+    attempts: int,
+    latency_ms: float,
+    first_attempt_at: datetime,
+    completed_at: datetime,
+    instance_id: str,
+    bridge_version: str,
+) -> bytes:
+    memo = _TAIL
+    # 0.0 and -0.0 are equal but print differently: a zero latency is never memoised.
+    exact = type(http_status) is int and type(attempts) is int and type(latency_ms) is float and latency_ms != 0.0
+    scalars = (http_status, attempts, latency_ms, instance_id, bridge_version)
+    if (
+        exact
+        and memo.completed_at is completed_at
+        and memo.first_attempt_at is first_attempt_at
+        and memo.response is response
+        and memo.scalars == scalars
+    ):
+        return memo.tail
+    document: dict[str, Any] = {
+        "http_status": http_status,
+        "response": response.model_dump(),
+        "attempts": attempts,
+        "latency_ms": round(latency_ms, 3),
+        "first_attempt_at": format_utc(first_attempt_at),
+        "completed_at": format_utc(completed_at),
+        "bridge": {"instance_id": instance_id, "version": bridge_version},
+    }
+    tail = b"," + orjson.dumps(document)[1:]
+    if exact:
+        memo.completed_at, memo.first_attempt_at, memo.response = completed_at, first_attempt_at, response
+        memo.scalars, memo.tail = scalars, tail
+    return tail
+
+
 def build_result_value(
     record: SourceRecord,
     item: MappedItem,
@@ -203,35 +265,34 @@ def build_result_value(
     instance_id: str,
     bridge_version: str,
 ) -> bytes:
-    """The JSON bytes of a :class:`ResultValue` (built as a dict: this runs once per delivered record)."""
+    """The JSON bytes of a :class:`ResultValue` (no model per record: this runs once per delivered record).
+
+    The fields from ``http_status`` on are serialised once per distinct argument set (see
+    :class:`_TailMemo`), which the records of one batch share.
+    """
     key, key_encoding = encode_key(record.key)
-    document: dict[str, Any] = {
-        "schema_version": RESULT_SCHEMA_VERSION,
-        "outcome": "delivered",
-        "source": {
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "key": key,
-            "key_encoding": key_encoding,
-            "timestamp_ms": record.timestamp_ms,
-        },
-        "event_id": item.event_id or None,
-        "item_id": item.item_id,
-        "route": {
-            "endpoint": item.route.endpoint.value,
-            "path": item.route.path,
-            "organization_id": item.route.organization_id,
-        },
-        "http_status": http_status,
-        "response": response.model_dump(),
-        "attempts": attempts,
-        "latency_ms": round(latency_ms, 3),
-        "first_attempt_at": format_utc(first_attempt_at),
-        "completed_at": format_utc(completed_at),
-        "bridge": {"instance_id": instance_id, "version": bridge_version},
-    }
-    return orjson.dumps(document)
+    route = item.route
+    head = orjson.dumps(
+        {
+            "schema_version": RESULT_SCHEMA_VERSION,
+            "outcome": "delivered",
+            "source": {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "key": key,
+                "key_encoding": key_encoding,
+                "timestamp_ms": record.timestamp_ms,
+            },
+            "event_id": item.event_id or None,
+            "item_id": item.item_id,
+            "route": {"endpoint": route.endpoint.value, "path": route.path, "organization_id": route.organization_id},
+        }
+    )
+    tail = _result_tail(
+        http_status, response, attempts, latency_ms, first_attempt_at, completed_at, instance_id, bridge_version
+    )
+    return head[:-1] + tail
 
 
 _HeaderCount = Annotated[int, Field(ge=0), WithJsonSchema({"type": "string", "pattern": "^[0-9]+$"})]

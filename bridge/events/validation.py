@@ -15,7 +15,9 @@ which name and how to convert them), so no intermediate dict is built. :meth:`Mo
 is the same pass with an identity plan: the non-null fields, normalised (timestamps as aware UTC
 datetimes), plus defaults. The accept test of the commonest field kinds (identifiers, text, cents,
 enums) is inlined, which saves a function call per field. Only acceptance is inlined; every
-rejection comes from the field's own check, so reasons and messages stay those of the model.
+rejection comes from the field's own check, so reasons and messages stay those of the model. A
+timestamp that the plan sends with ``format_utc`` is checked and formatted in one step by
+:func:`~bridge.events.common.utc_text` (same acceptance, same text, no datetime for ``...Z`` input).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from bridge.events.common import (
     Leaf,
     StrictModel,
     check_schema_version,
+    format_utc,
+    utc_text,
 )
 from bridge.events.eligibility import ELIGIBILITY_EVENTS
 
@@ -62,11 +66,11 @@ def key_pointer(key: object) -> str:
 # Per field: (inline kind, enum values, check, nested validator, required, nullable, pointer). A tuple,
 # because unpacking one is cheaper than reading seven attributes, and this runs for every field.
 _FieldSpec = tuple[int, frozenset[str], Callable[[Any], Any] | None, "ModelValidator | None", bool, bool, str]
-_OTHER, _IDENTIFIER, _TEXT, _CENTS, _ENUM = range(5)
+_OTHER, _IDENTIFIER, _TEXT, _CENTS, _ENUM, _TIMESTAMP = range(6)
 
 #: Field name → (output name, conversion or None, plan for a nested model or None).
 Plan = Mapping[str, tuple[str, Callable[[Any], Any] | None, "Plan | None"]]
-_KIND_CODES = {"identifier": _IDENTIFIER, "text": _TEXT, "cents": _CENTS, "enum": _ENUM}
+_KIND_CODES = {"identifier": _IDENTIFIER, "text": _TEXT, "cents": _CENTS, "enum": _ENUM, "timestamp": _TIMESTAMP}
 
 
 def _leaf_of(annotation: Any, metadata: list[Any]) -> tuple[bool, Leaf | None, Any]:
@@ -106,6 +110,8 @@ class _Pass:
                 inner = target[2] if target is not None else None
                 nested_pass = nested.compiled(inner if inner is not None else nested.identity)
             wire, convert = (target[0], target[1]) if target is not None else (None, None)
+            if kind == _TIMESTAMP and convert is format_utc:
+                check, convert = utc_text, None  # check and format in one step (see utc_text)
             self._rows[name] = (kind, allowed, check, nested_pass, wire, convert, required, nullable, pointer)
         self._order = tuple(name for name, row in self._rows.items() if row[6])
         self._required = len(self._order)

@@ -180,9 +180,7 @@ class KardAuth(httpx.Auth):
 
     async def _fetch(self) -> _Token:
         started = self._clock()
-        body = orjson.dumps(
-            {"client_id": self._client_id, "client_secret": self._client_secret.get_secret_value()}
-        )
+        body = orjson.dumps({"client_id": self._client_id, "client_secret": self._client_secret.get_secret_value()})
         fetched = False
         try:
             async with self._http.stream(

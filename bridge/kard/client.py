@@ -11,7 +11,10 @@ Why it looks like this (PITFALLS §4):
   deadline starts, so a request never queues inside httpcore's pool and the deadline (or a shutdown
   cancel) never hits one waiting there; waiting at our semaphore is cancellation-safe. Responses are
   streamed and closed in ``finally``, so an expired deadline drops the connection instead of leaving it
-  checked out. ``statistics().pool_timeouts`` > 0 therefore means a leak (or a foreign user of the
+  checked out. Every response close (ours, and httpx's own at the end of a body) runs in a shielded
+  task of its own (:class:`_CancelSafeStream`), because a cancellation landing *inside* httpcore's close
+  leaked the slot too (``tests/integration/test_http_pool_storm.py`` found it).
+  ``statistics().pool_timeouts`` > 0 therefore means a leak (or a foreign user of the
   pool): alert on it; recreating the client is the documented remedy.
 * **Foreign exceptions are translated here only**, by :meth:`KardClient._translated`, into the bridge's
   ``DeliveryError`` tree (``raise ... from exc``). Timeouts, network and remote-protocol errors are
@@ -20,6 +23,9 @@ Why it looks like this (PITFALLS §4):
   of any record, so the dispatcher must stop rather than dead-letter.
 * **The hot path** builds the body once by joining the items' pre-encoded bytes, sends it, reads at most
   ``max_response_bytes``, and hands status, headers and bytes to the pure ``responses.classify_response``.
+  Each path's absolute URL is parsed once (a bounded cache), and the default transport is httpx's own
+  on plain asyncio sockets with a linear-time pool (:mod:`bridge.kard.transport`): per request, httpx's
+  layers and the pool bookkeeping are most of the bridge's CPU, and anyio's socket layer was a fifth of it.
 """
 
 from __future__ import annotations
@@ -28,10 +34,10 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import NamedTuple, Self
+from typing import Any, NamedTuple, Self
 
 import httpx
 import structlog
@@ -41,6 +47,7 @@ from bridge import __version__
 from bridge.errors import ConfigError, DeliveryError, TransientDeliveryError
 from bridge.kard.auth import KardAuth
 from bridge.kard.responses import BatchResponse, classify_response, read_capped
+from bridge.kard.transport import make_transport
 from bridge.routes import MappedItem, Route
 
 __all__ = ["PING_PATH", "KardClient", "KardClientConfig", "KardClientStatistics"]
@@ -49,6 +56,7 @@ PING_PATH = "v2/ping"
 _BODY_HEAD = b'{"data":['
 _BODY_TAIL = b"]}"
 _JSON_BODY = {"Content-Type": "application/json"}
+_URL_CACHE_LIMIT = 4096
 #: httpx failures worth retrying: the server or the network misbehaved, not our request.
 _TRANSIENT_HTTPX = (
     httpx.TimeoutException,
@@ -139,6 +147,58 @@ class _Exchange(NamedTuple):
     elapsed: float
 
 
+class _CancelSafeStream(httpx.AsyncByteStream):
+    """A response body whose ``aclose`` completes even if the closing task is cancelled meanwhile.
+
+    httpcore 1.0.9 gives a pool slot back only at the end of ``PoolByteStream.aclose``, after it marked the
+    stream closed and passed an anyio lock checkpoint; its cancellation shield is anyio's, which a plain
+    asyncio ``task.cancel()`` (a drain, ``asyncio.timeout``) goes through. A cancellation landing there
+    left the request and its connection checked out for good: one slot lost per such cancel, until every
+    request failed with ``PoolTimeout`` (PITFALLS H3). httpx itself closes the response when its body
+    ends, inside the reading task, so the close is shielded here, where every close passes: it runs in a
+    task of its own (kept in ``tasks`` until done); the caller still gets its ``CancelledError`` at once.
+    """
+
+    __slots__ = ("_inner", "_tasks")
+
+    def __init__(self, inner: httpx.AsyncByteStream, tasks: set[asyncio.Task[None]]) -> None:
+        self._inner = inner
+        self._tasks = tasks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        closing = asyncio.ensure_future(self._inner.aclose())  # tracked task: must outlive a cancel
+        self._tasks.add(closing)
+        closing.add_done_callback(self._tasks.discard)
+        await asyncio.shield(closing)
+
+
+class _CancelSafeTransport(httpx.AsyncBaseTransport):
+    """Wraps the real transport so that every response body is a :class:`_CancelSafeStream`."""
+
+    __slots__ = ("_tasks", "inner")
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, tasks: set[asyncio.Task[None]]) -> None:
+        self.inner = inner
+        self._tasks = tasks
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _CancelSafeStream(response.stream, self._tasks)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else is the real transport's (its ``_pool`` for introspection, for instance)."""
+        return getattr(self.inner, name)
+
+
 class KardClient:
     """Sends batches to the Kard API. An async context manager; ``aclose()`` is idempotent.
 
@@ -162,6 +222,14 @@ class KardClient:
         self._clock = clock
         self._wall_clock = wall_clock
         self._on_request = on_request  # metrics hook: (endpoint, status or None, seconds)
+        limits = httpx.Limits(
+            max_connections=config.max_connections,
+            max_keepalive_connections=config.max_keepalive_connections,
+            keepalive_expiry=config.keepalive_expiry,
+        )
+        if transport is None:
+            transport = make_transport(limits=limits, https=config.base_url.startswith("https://"))
+        self._closing: set[asyncio.Task[None]] = set()  # response closes that outlive a cancelled request
         self._http = httpx.AsyncClient(
             base_url=config.base_url,
             headers={"User-Agent": config.user_agent, "Accept": "application/json"},
@@ -171,16 +239,12 @@ class KardClient:
                 write=config.write_timeout,
                 pool=config.pool_timeout,
             ),
-            limits=httpx.Limits(
-                max_connections=config.max_connections,
-                max_keepalive_connections=config.max_keepalive_connections,
-                keepalive_expiry=config.keepalive_expiry,
-            ),
+            limits=limits,
             http1=True,
             http2=False,
             trust_env=False,
             follow_redirects=False,
-            transport=transport,
+            transport=_CancelSafeTransport(transport, self._closing),
         )
         self._auth = KardAuth(
             http=self._http,
@@ -191,6 +255,7 @@ class KardClient:
             wall_clock=wall_clock,
         )
         self._admission = asyncio.Semaphore(config.max_connections)
+        self._urls: dict[str, httpx.URL] = {}
         self._state = "new"  # → "open" (entered) → "closed"
         self._in_flight = 0
         self._by_status: Counter[int] = Counter()
@@ -217,6 +282,8 @@ class KardClient:
         if self._state == "closed":
             return
         self._state = "closed"
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         await self._http.aclose()
 
     def statistics(self) -> KardClientStatistics:
@@ -307,7 +374,11 @@ class KardClient:
             try:
                 with self._translated():
                     headers = _JSON_BODY if body is not None else None
-                    request = self._http.build_request(method, path, content=body, headers=headers)
+                    url = self._urls.get(path)  # parsed and merged with the base URL once per path
+                    target = path if url is None else url
+                    request = self._http.build_request(method, target, content=body, headers=headers)
+                    if url is None:
+                        self._remember_url(path, request.url)
                     async with asyncio.timeout(self._config.request_deadline):
                         response = await self._http.send(request, auth=self._auth, stream=True)
                         try:
@@ -318,6 +389,12 @@ class KardClient:
                 self._in_flight -= 1
         self._by_status[response.status_code] += 1
         return _Exchange(response.status_code, response.headers, raw, truncated, self._clock() - started)
+
+    def _remember_url(self, path: str, url: httpx.URL) -> None:
+        """Keep the absolute URL of ``path`` (URL parsing is per-request work); per-user paths are many, so bounded."""
+        if len(self._urls) >= _URL_CACHE_LIMIT:
+            self._urls.clear()
+        self._urls[path] = url
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
@@ -333,9 +410,15 @@ class KardClient:
             self._pool_timeouts += 1
             self._transport_errors += 1
             raise TransientDeliveryError("no free connection in the Kard client pool (PoolTimeout)") from exc
-        except (_TRANSIENT_HTTPX) as exc:
+        except _TRANSIENT_HTTPX as exc:
             self._transport_errors += 1
             raise TransientDeliveryError(f"Kard request failed: {type(exc).__name__}") from exc
         except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
             self._transport_errors += 1
             raise DeliveryError(f"Kard request could not be made: {type(exc).__name__}") from exc
+        except (AttributeError, OSError) as exc:
+            # A connection reset right after connect can reach httpcore's anyio stream with its socket already
+            # gone (uvloop): ``get_extra_info`` then raises AttributeError/OSError instead of an httpx error.
+            # Found by the chaos suite's API network cut; it is a transport failure like any other.
+            self._transport_errors += 1
+            raise TransientDeliveryError(f"Kard connection failed: {type(exc).__name__}") from exc

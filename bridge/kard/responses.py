@@ -319,8 +319,7 @@ def _attribute(
 
 def _combine(n: int, named: dict[int, ItemOutcome], suspects: dict[int, bool], rest: ItemOutcome) -> _Outs:
     return tuple(
-        named[i] if i in named else ((_RETRY if suspects[i] else BISECT) if i in suspects else rest)
-        for i in range(n)
+        named[i] if i in named else ((_RETRY if suspects[i] else BISECT) if i in suspects else rest) for i in range(n)
     )
 
 

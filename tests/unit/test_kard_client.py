@@ -185,6 +185,22 @@ async def test_transport_failures_are_transient(exc_type: type[httpx.TransportEr
     assert (stats.transport_errors, stats.in_flight) == (1, 0)
 
 
+@pytest.mark.parametrize("exc", [AttributeError("'NoneType' object has no attribute 'getpeername'"), OSError(107)])
+async def test_a_socket_gone_mid_setup_is_a_transient_transport_failure(exc: Exception) -> None:
+    """What httpcore's anyio stream raises when a reset connection's socket is already gone (chaos suite find)."""
+
+    def api(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    client, _ = make_client(api)
+    async with client:
+        with pytest.raises(TransientDeliveryError) as info:
+            await client.send_batch(TXN, ITEMS)
+        stats = client.statistics()
+    assert info.value.__cause__ is exc
+    assert (stats.transport_errors, stats.in_flight) == (1, 0)
+
+
 async def test_pool_timeout_is_counted() -> None:
     """A PoolTimeout is transient and counted separately: with admission control it signals a leak."""
     client, _ = make_client(raising(httpx.PoolTimeout))

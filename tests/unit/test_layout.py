@@ -24,9 +24,11 @@ def test_every_module_declares_its_public_surface() -> None:
 
 
 def test_tasks_start_only_from_task_groups() -> None:
-    """No bare asyncio.create_task/ensure_future and no unbounded queues in runtime code."""
+    """No bare asyncio.create_task/ensure_future (except marked tracked tasks) and no unbounded queues."""
     bare = re.compile(r"asyncio\.(create_task|ensure_future)\(|\.create_task\(|Queue\(\)|maxsize=0")
-    allowed = re.compile(r"(tg|tasks|self\._tg)\.create_task\(")
+    # "# tracked task:" marks the one deliberate exception: a task kept in a set the owner awaits on close,
+    # because it must survive the cancellation of the task that started it (kard/client.py's response close).
+    allowed = re.compile(r"(tg|tasks|self\._tg)\.create_task\(|# tracked task:")
     offenders = [
         f"{p.relative_to(BRIDGE)}:{i}"
         for p in MODULES
