@@ -203,6 +203,12 @@ class BridgeSettings(_Section):
     attributions_topic: str = "kard.attributions"
     results_suffix: str = ".results"
     dlq_suffix: str = ".dlq"
+    result_mode: Literal["record", "batch"] = Field(
+        default="record",
+        description="`record`: one result record per delivered input record (key = the input key). `batch`: one "
+        "result record per API request and input topic listing its records (topics/schemas/result-batch.json); "
+        "far fewer produces, no per-key order on the results topic. Not with `KAFKA_EXACTLY_ONCE`.",
+    )
     # Mapping.
     attribution_mode: Literal["per_user", "bulk"] = "per_user"
     mapping_hook: str | None = None
@@ -321,6 +327,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: dict[str, 
                 field = ".".join(str(p) for p in err["loc"])
                 where = f"{prefix}{field.upper()}" if field else f"[{name}]"  # a cross-field (model) check
                 problems.append(f"{where}: {err['msg']}")
+    if not problems and built["kafka"].exactly_once and built["bridge"].result_mode == "batch":
+        # Exactly-once stages one outcome per input offset (bridge/outputs.py TransactionalOutcomes).
+        problems.append("BRIDGE_RESULT_MODE: batch results are not supported with KAFKA_EXACTLY_ONCE=true")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return Settings(built["kafka"], built["kard"], built["bridge"])

@@ -37,6 +37,7 @@ from bridge.events.outcomes import (
     ApiSummary,
     FailureHeaders,
     ReasonClass,
+    build_batch_result_value,
     build_result_value,
     replay_count_of,
     sanitize_text,
@@ -47,13 +48,16 @@ from bridge.kard.responses import BatchResponse, ItemOutcome
 from bridge.observability.metrics import BridgeMetrics
 from bridge.pipeline.batcher import BatchEntry
 from bridge.records import Header, SourceRecord, TopicPartition
-from bridge.routes import Route
+from bridge.routes import MappedItem, Route
 
 __all__ = ["NotAMember", "OutcomePublisher", "TransactionalOutcomes"]
 
 _log = structlog.get_logger("bridge.outputs")
 
-_Message = tuple[str, bytes | None, bytes | None, Sequence[Header], SourceRecord]
+#: (topic, value, key, headers, the input records this outcome record finishes once acked)
+_Message = tuple[str, bytes | None, bytes | None, Sequence[Header], tuple[SourceRecord, ...]]
+#: most input records one batch result record lists (~250 B each: far below the producer's request limit)
+_BATCH_RESULT_MAX = 1000
 #: replay provenance headers survive a new failure (the loop guard counts on them); see bridge.replay
 _PROVENANCE = frozenset({"kard-bridge.replay-id", "kard-bridge.replayed-from"})
 
@@ -105,26 +109,46 @@ class OutcomePublisher:
             batch_items=len(response.outcomes) or None,
             partial=response.status == 207,
         )
-        messages: list[_Message] = []
         self.results += len(entries)
         if self._metrics is not None:
             self._metrics.count_forwarded(str(route), (e.ref.topic for e in entries))
-        for entry in entries:  # unconfirmed items (bulk count mismatch) are logged by the client
-            record = _record(entry)
-            value = build_result_value(
-                record,
-                entry.item,
-                http_status=response.status,
-                response=api,
-                attempts=attempts,
-                latency_ms=latency * 1000,
-                first_attempt_at=first_attempt,
-                completed_at=completed,
-                instance_id=self._instance,
-                bridge_version=__version__,
-            )
-            messages.append((self._bridge.results_topic(record.topic), value, record.key, (), record))
+        common: dict[str, Any] = {
+            "http_status": response.status,
+            "response": api,
+            "attempts": attempts,
+            "latency_ms": latency * 1000,
+            "first_attempt_at": first_attempt,
+            "completed_at": completed,
+            "instance_id": self._instance,
+            "bridge_version": __version__,
+        }
+        # unconfirmed items (bulk count mismatch) are logged by the client
+        if self._bridge.result_mode == "batch":
+            messages = self._batch_results(entries, common)
+        else:
+            messages = []
+            for entry in entries:
+                record = _record(entry)
+                value = build_result_value(record, entry.item, **common)
+                messages.append((self._bridge.results_topic(record.topic), value, record.key, (), (record,)))
         await self._publish(messages)
+
+    def _batch_results(self, entries: Sequence[BatchEntry], common: dict[str, Any]) -> list[_Message]:
+        """One result record per input topic (and per :data:`_BATCH_RESULT_MAX` records) for one request."""
+        by_topic: dict[str, list[tuple[SourceRecord, MappedItem]]] = {}
+        for entry in entries:
+            record = _record(entry)
+            by_topic.setdefault(record.topic, []).append((record, entry.item))
+        messages: list[_Message] = []
+        for topic, delivered in by_topic.items():
+            for start in range(0, len(delivered), _BATCH_RESULT_MAX):
+                chunk = delivered[start : start + _BATCH_RESULT_MAX]
+                value = build_batch_result_value(chunk, **common)
+                first_key = chunk[0][0].key
+                key = first_key if all(record.key == first_key for record, _ in chunk) else None
+                records = tuple(record for record, _ in chunk)
+                messages.append((self._bridge.results_topic(topic), value, key, (), records))
+        return messages
 
     async def undeliverable(self, route: Route, failures: Sequence[tuple[BatchEntry, DeliveryFailure]]) -> None:
         """Publish a failure record for each entry the API would not take."""
@@ -232,7 +256,7 @@ class OutcomePublisher:
             reason=reason,
             status=http_status,
         )
-        return (self._bridge.dlq_topic(record.topic), record.value, record.key, headers, record)
+        return (self._bridge.dlq_topic(record.topic), record.value, record.key, headers, (record,))
 
     async def _publish(self, messages: Sequence[_Message]) -> None:
         """Enqueue the outcome records; each input is finished when its record's ack arrives.
@@ -273,7 +297,8 @@ class OutcomePublisher:
             self._retry.append(message)
             self._retry_wakeup.set()
         else:
-            self._on_finished(message[4])
+            for record in message[4]:
+                self._on_finished(record)
         if self._outstanding == 0 and not self._retry:
             self._settled.set()
 
@@ -333,7 +358,7 @@ class TransactionalOutcomes(OutcomePublisher):
     async def _publish(self, messages: Sequence[_Message]) -> None:
         """Stage the outcomes of records that are still ours (a revoked partition's next owner redoes the rest)."""
         for message in messages:
-            record = message[4]
+            (record,) = message[4]  # one outcome per input record here (batch results are refused with EOS)
             if self._track(record):
                 self._staged.setdefault(record.tp, {})[record.offset] = message
                 self.staged += 1
@@ -402,7 +427,7 @@ class TransactionalOutcomes(OutcomePublisher):
             if bucket is not None and bucket.pop(offset, None) is not None:
                 removed += 1
         self.staged -= removed
-        return [message[4] for message in messages]
+        return [record for message in messages for record in message[4]]
 
 
 class NotAMember(TransactionAborted):

@@ -6,6 +6,11 @@ Every input record ends in exactly one outcome record (STYLE §11):
   The source key is repeated in the value as text when it is printable UTF-8
   (``key_encoding: "utf-8"``), otherwise base64 (``"base64"``): readable in the common case,
   lossless always. Built by :func:`build_result_value` straight into bytes (no model per record).
+* **Batch result** (``BRIDGE_RESULT_MODE=batch``, same topic): one record per API request and input
+  topic, value = the JSON of :class:`BatchResultValue` (``outcome: "delivered_batch"``, one entry per
+  delivered input record in ``records``); key = the input key when every record shares it, else none.
+  Built by :func:`build_batch_result_value`. Fewer, larger records: the produce cost per input
+  record drops by the batch size (see BENCHMARKS.md), at the price of per-key ordering on the topic.
 * **Failure** (``<input>.dlq``): key, value and headers of the input record **byte for byte**, plus
   the ``kard-bridge.*`` headers below (:class:`FailureHeaders`). The value may hold card data, so
   the DLQ is PCI storage; the added headers never hold payload values: RecordError messages are
@@ -60,9 +65,11 @@ __all__ = [
     "HEADER_SOURCE_TOPIC",
     "RESULT_SCHEMA_VERSION",
     "ApiSummary",
+    "BatchResultValue",
     "FailureHeaders",
     "ReasonClass",
     "ResultValue",
+    "build_batch_result_value",
     "build_failure_headers",
     "build_result_value",
     "decode_key",
@@ -190,6 +197,39 @@ class ResultValue(_Model):
     bridge: BridgeRef
 
 
+class BatchRecordRef(_Model):
+    """One delivered input record of a batch result: where it was and which item it became."""
+
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    key: str | None = Field(description="The record key: text when printable UTF-8, else base64.")
+    key_encoding: KeyEncoding | None
+    timestamp_ms: int = Field(description="The input record's timestamp, epoch milliseconds.")
+    event_id: str | None = Field(description="The issuer's event id.")
+    item_id: str = Field(description="The Kard item id, or the item digest for items without one.")
+
+
+class BatchResultValue(_Model):
+    """The value of a batch result record (``BRIDGE_RESULT_MODE=batch``): these input records were delivered.
+
+    One record per API request and input topic; the fields from ``route`` on mean what they mean in
+    :class:`ResultValue` and hold for every entry of ``records``.
+    """
+
+    schema_version: Literal[1] = RESULT_SCHEMA_VERSION
+    outcome: Literal["delivered_batch"] = "delivered_batch"
+    records: list[BatchRecordRef] = Field(min_length=1, description="The delivered input records, in request order.")
+    route: RouteRef
+    http_status: int = Field(ge=100, le=599)
+    response: ApiSummary
+    attempts: int = Field(ge=1, description="HTTP attempts made for these items, the successful one included.")
+    latency_ms: float = Field(ge=0, description="From consumption to the API's answer, milliseconds.")
+    first_attempt_at: datetime
+    completed_at: datetime
+    bridge: BridgeRef
+
+
 class _TailMemo:
     """The serialised second half of the last result value built, and the arguments it came from.
 
@@ -286,6 +326,54 @@ def build_result_value(
             },
             "event_id": item.event_id or None,
             "item_id": item.item_id,
+            "route": {"endpoint": route.endpoint.value, "path": route.path, "organization_id": route.organization_id},
+        }
+    )
+    tail = _result_tail(
+        http_status, response, attempts, latency_ms, first_attempt_at, completed_at, instance_id, bridge_version
+    )
+    return head[:-1] + tail
+
+
+def build_batch_result_value(
+    delivered: Sequence[tuple[SourceRecord, MappedItem]],
+    *,
+    http_status: int,
+    response: ApiSummary,
+    attempts: int,
+    latency_ms: float,
+    first_attempt_at: datetime,
+    completed_at: datetime,
+    instance_id: str,
+    bridge_version: str,
+) -> bytes:
+    """The JSON bytes of a :class:`BatchResultValue` for records delivered by one request.
+
+    Every item shares one route (one request carries one route); the route is taken from the first.
+    """
+    if not delivered:
+        raise ValueError("a batch result needs at least one delivered record")
+    entries = []
+    for record, item in delivered:
+        key, key_encoding = encode_key(record.key)
+        entries.append(
+            {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "key": key,
+                "key_encoding": key_encoding,
+                "timestamp_ms": record.timestamp_ms,
+                "event_id": item.event_id or None,
+                "item_id": item.item_id,
+            }
+        )
+    route = delivered[0][1].route
+    head = orjson.dumps(
+        {
+            "schema_version": RESULT_SCHEMA_VERSION,
+            "outcome": "delivered_batch",
+            "records": entries,
             "route": {"endpoint": route.endpoint.value, "path": route.path, "organization_id": route.organization_id},
         }
     )

@@ -19,7 +19,7 @@ from pydantic import TypeAdapter
 from bridge.events.attribution import AttributionEvent
 from bridge.events.card_transaction import CardTransactionEvent
 from bridge.events.eligibility import EligibilityEvent
-from bridge.events.outcomes import FailureHeaders, ResultValue
+from bridge.events.outcomes import BatchResultValue, FailureHeaders, ResultValue
 
 __all__ = ["DEFAULT_SCHEMA_DIR", "SCHEMA_FILES", "generate", "main", "render", "write"]
 
@@ -54,6 +54,12 @@ def _result() -> dict[str, Any]:
     return schema
 
 
+def _batch_result() -> dict[str, Any]:
+    schema = BatchResultValue.model_json_schema(mode="validation")
+    schema["title"] = "Batch result record value (BRIDGE_RESULT_MODE=batch)"
+    return schema
+
+
 #: File name → schema builder.
 SCHEMA_FILES: dict[str, Callable[[], dict[str, Any]]] = {
     "card-transaction.json": _union(
@@ -68,6 +74,7 @@ SCHEMA_FILES: dict[str, Callable[[], dict[str, Any]]] = {
         "offer_attribution or notification_attribution, discriminated by event_type (schema_version 1).",
     ),
     "result.json": _result,
+    "result-batch.json": _batch_result,
     "failure.json": _failure,
 }
 
