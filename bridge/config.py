@@ -253,6 +253,13 @@ class BridgeSettings(_Section):
     log_format: Literal["json", "console"] = "json"
     # Runtime.
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    gc_threshold: int = Field(
+        default=50_000,
+        ge=0,
+        description="Allocations between young-generation garbage collections (Python's default is 700; 0 keeps "
+        "it). Records are many short-lived acyclic objects freed by reference counting, so frequent cycle "
+        "collections are pure overhead (measured in BENCHMARKS.md).",
+    )
 
     @model_validator(mode="after")
     def _some_input(self) -> BridgeSettings:
