@@ -17,8 +17,8 @@ Contenders, each a separate process with a fresh consumer group reading its topi
   value and does nothing else, then commits once (on ``mix`` and on ``txn``);
 * **kard-bridge +N ms**: ``python -m bridge run`` with default settings against the sandbox with N ms added
   to every API answer, one row per ``--latencies`` value, on ``mix`` and on ``txn``;
-* **kard-bridge per-batch results**: the same with ``BRIDGE_RESULT_MODE=batch`` (n/a while the bridge has no
-  such setting: the harness asks ``--print-config`` first);
+* **kard-bridge per-batch results**: the same with ``BRIDGE_RESULT_MODE=batch`` (one result record per API
+  request; the harness asks ``--print-config`` first and reports n/a if the setting is not there);
 * **baseline**: bench/baseline_bridge.py, the bridge a user writes in an afternoon (poll, POST, commit);
 * **peer**: a Benthos (Redpanda Connect engine) binary built by bench/peer/build_connect.py running
   bench/peer/connect.yaml (kafka_franz input, bloblang mapping, batches of 500 / linger, http_client), on
@@ -67,7 +67,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 from baseline_bridge import Baseline
 from pipeline_latency import api_arrivals, api_latencies, input_timestamps, percentiles, result_latencies
-from pipeline_report import machine, markdown, table, targets
+from pipeline_report import ANALYSIS_MARKER, machine, markdown, table, targets
 
 from bridge.config import BridgeSettings, KafkaSettings
 from bridge.devenv.generate import GeneratedEvent, TopicNames, generate_events
@@ -863,6 +863,8 @@ async def _contenders(args: argparse.Namespace, ctx: dict[str, Any]) -> None:
             add("ceiling", txn, first)
         for ms in args.latencies:
             add("bridge", txn, ms)
+            if "batch" in chosen:
+                add("batch", txn, ms)
             add("peer", txn, ms)
     if backlog is not None:
         add("backlog", backlog, first)
@@ -961,6 +963,9 @@ def _ratios(rows: Sequence[Measurement], latencies: Sequence[float]) -> dict[str
             bridge, row = by.get(("bridge", data, ms)), by.get((other, data, ms))
             if bridge and row and row.rate:
                 out[f"bridge_over_{other}_{data}_{ms:g}ms"] = bridge.rate / row.rate
+        batch, peer = by.get(("batch", "txn", ms)), by.get(("peer", "txn", ms))
+        if batch and peer and peer.rate:
+            out[f"batch_over_peer_txn_{ms:g}ms"] = batch.rate / peer.rate
     return out
 
 
@@ -1095,7 +1100,10 @@ def _report(args: argparse.Namespace, ctx: dict[str, Any], started: float) -> No
     print(f"\nfigures written to {path.relative_to(_ROOT)}")
     if args.md:
         md = Path(args.md)
-        md.write_text(markdown(doc, text, _notes(args, ctx, ratios)), encoding="utf-8")
+        # The hand-written analysis below ANALYSIS_MARKER survives a rerun; everything above it is regenerated.
+        old = md.read_text(encoding="utf-8") if md.exists() else ""
+        kept = old[old.index(ANALYSIS_MARKER) :] if ANALYSIS_MARKER in old else ""
+        md.write_text(markdown(doc, text, _notes(args, ctx, ratios)) + ("\n" + kept if kept else ""), encoding="utf-8")
         print(f"and to {md}")
 
 
