@@ -104,6 +104,7 @@ def _publisher(mode: str) -> tuple[OutcomePublisher, FakeProducer, list[tuple[st
     producer = OutputProducer(settings.kafka.common_kwargs(), client_id="t", send_timeout=5)
     fake = FakeProducer()
     producer._producer = fake  # type: ignore[assignment]
+    producer._add_message = None  # send_many falls back to a loop of the fake's send()
     finished: list[tuple[str, int, int]] = []
     publisher = OutcomePublisher(
         producer, settings, on_finished=lambda r: finished.append((r.topic, r.partition, r.offset))
