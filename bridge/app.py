@@ -272,9 +272,12 @@ class Bridge:
             due = self.batcher.next_due()
             now = time.monotonic()
             timeout = 0.1 if due is None else min(0.1, max(0.0, due - now))
-            records = await consumer.getmany(timeout=timeout, max_records=2000)
+            records = await consumer.getmany(timeout=timeout, max_records=500)
             if records:
                 await self._ingest(records)
+                # getmany returns without suspending while aiokafka holds fetched records: without this the
+                # pump would starve the dispatcher's requests until the buffer is full.
+                await asyncio.sleep(0)
             now = time.monotonic()
             self._submit(self.batcher.due(now))
             self._apply_backpressure(consumer)
