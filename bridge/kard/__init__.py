@@ -5,6 +5,8 @@
 * :mod:`~bridge.kard.auth`: ``KardAuth``, the OAuth client-credentials ``httpx.Auth`` flow.
 * :mod:`~bridge.kard.responses`: pure classification of a response into per-item outcomes.
 * :mod:`~bridge.kard.headers`: ``Retry-After`` / ``X-RateLimit-Reset`` parsing.
+* :mod:`~bridge.kard.transport`: the client's default httpx transport, on :mod:`~bridge.kard.pool` (the
+  connection pool, httpcore's HTTP/1.1 connection) and :mod:`~bridge.kard.network` (asyncio sockets).
 
 The official SDK (``kard``) is a test-only oracle and is never imported here.
 """

@@ -11,30 +11,39 @@ Why it looks like this (PITFALLS §4):
   deadline starts, so a request never queues inside httpcore's pool and the deadline (or a shutdown
   cancel) never hits one waiting there; waiting at our semaphore is cancellation-safe. Responses are
   streamed and closed in ``finally``, so an expired deadline drops the connection instead of leaving it
-  checked out. Every response close (ours, and httpx's own at the end of a body) runs in a shielded
-  task of its own (:class:`_CancelSafeStream`), because a cancellation landing *inside* httpcore's close
-  leaked the slot too (``tests/integration/test_http_pool_storm.py`` found it).
-  ``statistics().pool_timeouts`` > 0 therefore means a leak (or a foreign user of the
-  pool): alert on it; recreating the client is the documented remedy.
-* **Foreign exceptions are translated here only**, by :meth:`KardClient._translated`, into the bridge's
+  checked out. A cancellation landing *inside* httpcore's close leaked the slot too
+  (``tests/integration/test_http_pool_storm.py`` found it): the default transport's pool
+  (:mod:`bridge.kard.pool`) closes and checks in without awaiting anything, so there is no inside to land
+  in; with any other transport every response close (ours, and httpx's own at the end of a body) runs in
+  a shielded task of its own (:class:`_CancelSafeStream`). ``statistics().pool_timeouts`` > 0 therefore
+  means a leak (or a foreign user of the pool): alert on it; recreating the client is the documented remedy.
+* **Foreign exceptions are translated here only**, by :meth:`KardClient._translate`, into the bridge's
   ``DeliveryError`` tree (``raise ... from exc``). Timeouts, network and remote-protocol errors are
   ``TransientDeliveryError``; errors that mean a bug or a misconfiguration (``LocalProtocolError``,
   ``UnsupportedProtocol``, ``InvalidURL``…) are a plain ``DeliveryError``: not retryable, not a rejection
   of any record, so the dispatcher must stop rather than dead-letter.
 * **The hot path** builds the body once by joining the items' pre-encoded bytes, sends it, reads at most
   ``max_response_bytes``, and hands status, headers and bytes to the pure ``responses.classify_response``.
-  Each path's absolute URL is parsed once (a bounded cache), and the default transport is httpx's own
-  on plain asyncio sockets with a linear-time pool (:mod:`bridge.kard.transport`): per request, httpx's
-  layers and the pool bookkeeping are most of the bridge's CPU, and anyio's socket layer was a fifth of it.
+  On mixed data the bridge sends one small request per user, so the client's CPU per request counts:
+  ``bench/bench_client.py`` measures it. A path's first request is ``AsyncClient.build_request``'s; later
+  ones are ``httpx.Request`` objects made from its absolute URL (a bounded cache) and the same headers, so
+  no URL parsing or header merging per request; and :meth:`KardClient._send` does what
+  ``AsyncClient.send`` does for it and no more: the auth flow (:class:`~bridge.kard.auth.KardAuth`, 401
+  retry included), the event hooks, the transport. Left out: redirects (never followed here; a 3xx is
+  classified like any answer) and cookies (the client's jar keeps none: the API authenticates by token).
+  The default transport (:mod:`bridge.kard.transport`) takes the httpx request straight to a pool made
+  for this client, on httpcore's HTTP/1.1 connection (h11) and plain asyncio sockets; its responses
+  close synchronously, and :func:`~bridge.kard.responses.read_capped` reads their body in one loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import http.cookiejar
+import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, Self
@@ -56,6 +65,11 @@ PING_PATH = "v2/ping"
 _BODY_HEAD = b'{"data":['
 _BODY_TAIL = b"]}"
 _JSON_BODY = {"Content-Type": "application/json"}
+_NO_BODY = httpx.ByteStream(b"")
+#: A relative path that URL parsing leaves as it is: segments of unreserved characters and upper-case
+#: percent escapes (``routes.Route.path`` quotes ids so), none empty, none ``.`` or ``..``.
+_SEGMENT = r"(?!\.\.?(?:/|$))(?:[A-Za-z0-9._~-]|%[0-9A-F]{2})+"
+_PLAIN_PATH = re.compile(f"{_SEGMENT}(?:/{_SEGMENT})*")
 _URL_CACHE_LIMIT = 4096
 #: httpx failures worth retrying: the server or the network misbehaved, not our request.
 _TRANSIENT_HTTPX = (
@@ -139,6 +153,16 @@ class KardClientStatistics(NamedTuple):
     unauthorized_retries: int
 
 
+class _NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing: the Kard API authenticates by token, and no cookie is sent back."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
+
+
 class _Exchange(NamedTuple):
     status: int
     headers: httpx.Headers
@@ -177,7 +201,11 @@ class _CancelSafeStream(httpx.AsyncByteStream):
 
 
 class _CancelSafeTransport(httpx.AsyncBaseTransport):
-    """Wraps the real transport so that every response body is a :class:`_CancelSafeStream`."""
+    """Wraps a transport so that every response body is a :class:`_CancelSafeStream`.
+
+    Not needed (nor used) for a transport whose ``cancel_safe`` is true: the default one's responses close
+    without awaiting anything (:mod:`bridge.kard.transport`).
+    """
 
     __slots__ = ("_tasks", "inner")
 
@@ -230,6 +258,9 @@ class KardClient:
         if transport is None:
             transport = make_transport(limits=limits, https=config.base_url.startswith("https://"))
         self._closing: set[asyncio.Task[None]] = set()  # response closes that outlive a cancelled request
+        if not getattr(transport, "cancel_safe", False):
+            transport = _CancelSafeTransport(transport, self._closing)
+        self._transport = transport
         self._http = httpx.AsyncClient(
             base_url=config.base_url,
             headers={"User-Agent": config.user_agent, "Accept": "application/json"},
@@ -244,7 +275,8 @@ class KardClient:
             http2=False,
             trust_env=False,
             follow_redirects=False,
-            transport=_CancelSafeTransport(transport, self._closing),
+            cookies=_NoCookies(),
+            transport=transport,
         )
         self._auth = KardAuth(
             http=self._http,
@@ -256,6 +288,9 @@ class KardClient:
         )
         self._admission = asyncio.Semaphore(config.max_connections)
         self._urls: dict[str, httpx.URL] = {}
+        self._headers: dict[tuple[str, bool], httpx.Headers] = {}  # (method, with a body) → headers
+        self._plain_url = self._plain_url_maker()
+        self._extensions = {"timeout": self._http.timeout.as_dict()}
         self._state = "new"  # → "open" (entered) → "closed"
         self._in_flight = 0
         self._by_status: Counter[int] = Counter()
@@ -320,7 +355,10 @@ class KardClient:
         """
         if not items:
             raise ValueError("send_batch needs at least one item")
-        body = b"".join((_BODY_HEAD, b",".join([item.encoded for item in items]), _BODY_TAIL))
+        parts = [item.encoded for item in items]
+        parts[0] = _BODY_HEAD + parts[0]
+        parts[-1] += _BODY_TAIL
+        body = b",".join(parts)  # one copy of the batch: head and tail go onto the first and last item
         started = self._clock()
         try:
             exchange = await self._exchange("POST", route.path, body)
@@ -372,53 +410,154 @@ class KardClient:
             self._in_flight += 1
             started = self._clock()
             try:
-                with self._translated():
-                    headers = _JSON_BODY if body is not None else None
-                    url = self._urls.get(path)  # parsed and merged with the base URL once per path
-                    target = path if url is None else url
-                    request = self._http.build_request(method, target, content=body, headers=headers)
-                    if url is None:
-                        self._remember_url(path, request.url)
+                try:
                     async with asyncio.timeout(self._config.request_deadline):
-                        response = await self._http.send(request, auth=self._auth, stream=True)
+                        response = await self._send(self._request(method, path, body))
                         try:
                             raw, truncated = await read_capped(response, self._config.max_response_bytes)
                         finally:
                             await response.aclose()
+                except Exception as exc:
+                    error = self._translate(exc)
+                    if error is exc:
+                        raise
+                    raise error from exc
             finally:
                 self._in_flight -= 1
         self._by_status[response.status_code] += 1
         return _Exchange(response.status_code, response.headers, raw, truncated, self._clock() - started)
 
-    def _remember_url(self, path: str, url: httpx.URL) -> None:
-        """Keep the absolute URL of ``path`` (URL parsing is per-request work); per-user paths are many, so bounded."""
+    def _request(self, method: str, path: str, body: bytes | None) -> httpx.Request:
+        """The request ``AsyncClient.build_request`` makes, from the path's URL and the shared headers.
+
+        The headers depend on the method and on whether there is a body, not on the path (``Host`` is the base
+        URL's): they are taken, but ``Content-Length``, from the first such ``build_request``. A path's URL is
+        :meth:`_plain_url` or, for any other path, ``build_request``'s; kept in a cache, bounded because
+        per-user paths are many.
+        """
+        url = self._urls.get(path)
+        headers = self._headers.get((method, body is not None))
+        if url is None or headers is None:
+            if headers is None or self._plain_url is None or _PLAIN_PATH.fullmatch(path) is None:
+                return self._first_request(method, path, body)
+            url = self._remember_url(path, self._plain_url(path))
+        if body is None:
+            return httpx.Request(method, url, headers=headers, stream=_NO_BODY, extensions=self._extensions)
+        stream = httpx.ByteStream(body)
+        request = httpx.Request(method, url, headers=headers, stream=stream, extensions=self._extensions)
+        request.headers["Content-Length"] = str(len(body))
+        return request
+
+    def _first_request(self, method: str, path: str, body: bytes | None) -> httpx.Request:
+        request = self._http.build_request(method, path, content=body, headers=None if body is None else _JSON_BODY)
+        self._remember_url(path, request.url)
+        headers = request.headers.copy()
+        if body is not None:
+            del headers["Content-Length"]
+        self._headers[(method, body is not None)] = headers
+        return request
+
+    def _remember_url(self, path: str, url: httpx.URL) -> httpx.URL:
         if len(self._urls) >= _URL_CACHE_LIMIT:
             self._urls.clear()
         self._urls[path] = url
+        return url
 
-    @contextlib.contextmanager
-    def _translated(self) -> Iterator[None]:
-        """The one place where httpx (and deadline) exceptions become bridge errors."""
+    def _plain_url_maker(self) -> Callable[[str], httpx.URL] | None:
+        """A maker of absolute URLs for plain paths (:data:`_PLAIN_PATH`), or None where it cannot be used.
+
+        ``build_request`` parses a relative path, merges it into the base URL and parses the result again
+        (about 0.15 ms; on mixed data most per-user paths are new). A plain path is already in the form
+        that parsing gives (unreserved characters and upper-case percent escapes, no dot segments), so its
+        URL is the base URL's with the path appended. Checked once against ``build_request`` here, for a
+        base URL without query or fragment; if httpx's URL internals differ, every path goes the slow way.
+        """
+        base = self._http.base_url
+        if base.query or base.fragment:
+            return None
         try:
-            yield
-        except TimeoutError as exc:  # only asyncio.timeout raises the builtin; httpx has its own classes
+            reference = base._uri_reference
+            prefix = base.raw_path.decode("ascii")
+
+            def plain_url(path: str) -> httpx.URL:
+                url = httpx.URL.__new__(httpx.URL)
+                url._uri_reference = reference._replace(path=prefix + path)
+                return url
+
+            for probe in (PING_PATH, "v2/issuers/org-1/users/u%2F1.x~y_z%C3%A9/attributions"):
+                made, built = plain_url(probe), self._http.build_request("POST", probe).url
+                if (str(made), made.raw_path, made.netloc) != (str(built), built.raw_path, built.netloc):
+                    return None
+        except Exception:  # noqa: BLE001 - any surprise in httpx's internals just disables the shortcut
+            return None
+        return plain_url
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """``AsyncClient.send(request, auth=KardAuth, stream=True)`` without redirects and cookies (see module doc).
+
+        The auth flow is driven as httpx drives it: the 401 answer is read before the retry, and every
+        response but the returned one is closed, also on errors and cancellation.
+        """
+        hooks = self._http.event_hooks
+        flow = self._auth.async_auth_flow(request)
+        try:
+            request = await flow.__anext__()
+            while True:
+                response = await self._send_once(request, hooks)
+                try:
+                    try:
+                        request = await flow.asend(response)
+                    except StopAsyncIteration:
+                        return response
+                    await response.aread()
+                except BaseException:
+                    await response.aclose()
+                    raise
+        finally:
+            await flow.aclose()
+
+    async def _send_once(self, request: httpx.Request, hooks: Mapping[str, list[Callable[..., Any]]]) -> httpx.Response:
+        """One request through the transport, with the client's event hooks (httpx's order and semantics).
+
+        The bridge installs no hooks; instrumentation does (``tests/integration/test_http_pool_storm.py``).
+        With response hooks the task yields once after them, as it did inside httpx's stack (whose response
+        close passed anyio checkpoints): what a hook schedules for the request, a cancellation for instance,
+        happens before the body is read. Without hooks, a body already received is read and the connection
+        checked in without a pass through the event loop.
+        """
+        for hook in hooks["request"]:
+            await hook(request)
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        if hooks["response"]:
+            try:
+                for hook in hooks["response"]:
+                    await hook(response)
+                await asyncio.sleep(0)
+            except BaseException:
+                await response.aclose()
+                raise
+        return response
+
+    def _translate(self, exc: Exception) -> Exception:
+        """The one place where httpx (and deadline) exceptions become bridge errors; others are returned as they are."""
+        if isinstance(exc, TimeoutError):  # only asyncio.timeout raises the builtin; httpx has its own classes
             self._deadline_expirations += 1
-            raise TransientDeliveryError(
-                f"Kard request exceeded its {self._config.request_deadline:g} s deadline"
-            ) from exc
-        except httpx.PoolTimeout as exc:
+            return TransientDeliveryError(f"Kard request exceeded its {self._config.request_deadline:g} s deadline")
+        if isinstance(exc, httpx.PoolTimeout):
             self._pool_timeouts += 1
             self._transport_errors += 1
-            raise TransientDeliveryError("no free connection in the Kard client pool (PoolTimeout)") from exc
-        except _TRANSIENT_HTTPX as exc:
+            return TransientDeliveryError("no free connection in the Kard client pool (PoolTimeout)")
+        if isinstance(exc, _TRANSIENT_HTTPX):
             self._transport_errors += 1
-            raise TransientDeliveryError(f"Kard request failed: {type(exc).__name__}") from exc
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+            return TransientDeliveryError(f"Kard request failed: {type(exc).__name__}")
+        if isinstance(exc, httpx.HTTPError | httpx.InvalidURL | httpx.StreamError):
             self._transport_errors += 1
-            raise DeliveryError(f"Kard request could not be made: {type(exc).__name__}") from exc
-        except (AttributeError, OSError) as exc:
+            return DeliveryError(f"Kard request could not be made: {type(exc).__name__}")
+        if isinstance(exc, AttributeError | OSError):
             # A connection reset right after connect can reach httpcore's anyio stream with its socket already
             # gone (uvloop): ``get_extra_info`` then raises AttributeError/OSError instead of an httpx error.
             # Found by the chaos suite's API network cut; it is a transport failure like any other.
             self._transport_errors += 1
-            raise TransientDeliveryError(f"Kard connection failed: {type(exc).__name__}") from exc
+            return TransientDeliveryError(f"Kard connection failed: {type(exc).__name__}")
+        return exc

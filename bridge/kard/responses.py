@@ -144,7 +144,19 @@ async def read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool
 
     The rest of the body is not read: the caller closes the response, which drops the connection
     instead of draining an oversized (or decompression-bomb) body.
+
+    A body that can read itself capped (``read_capped``: the default transport's, ``bridge.kard.transport``)
+    and is not content-encoded (so its bytes are the decoded bytes) is read that way, in one loop instead
+    of httpx's chain of stream iterators; anything else through ``Response.aiter_bytes``.
     """
+    reader = getattr(response.stream, "read_capped", None)
+    if reader is not None and not (response.is_stream_consumed or response.is_closed) and (
+        "content-encoding" not in response.headers
+    ):
+        response.is_stream_consumed = True
+        result: tuple[bytes, bool] = await reader(limit)
+        response.is_closed = True  # the body closed itself (as httpx closes a response at the end of its body)
+        return result
     chunks: list[bytes] = []
     size = 0
     stream = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())  # it is one; typed as an iterator

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from bridge.errors import ConfigError, DeliveryError, RejectedError, TransientDe
 from bridge.kard.client import KardClient, KardClientConfig
 from bridge.kard.responses import BISECT, NOT_ATTEMPTED, OutcomeKind
 from bridge.routes import Endpoint, MappedItem, Route
+from tests.unit.test_kard_pool import serving
 
 TXN = Route(Endpoint.TRANSACTIONS, organization_id="org 1")
 BULK = Route(Endpoint.BULK_ATTRIBUTIONS)
@@ -368,3 +370,162 @@ def test_invalid_config_is_refused(overrides: dict[str, Any]) -> None:
     """Nonsensical settings raise ConfigError when the config is built."""
     with pytest.raises(ConfigError):
         config(**overrides)
+
+
+# -- the request path: what AsyncClient.send did, without its per-request work ---------------------------------
+
+
+@pytest.mark.parametrize("base_url", ["https://kard.test", "https://gw.test/kard", "http://127.0.0.1:8080/api/"])
+async def test_requests_are_exactly_what_build_request_makes(base_url: str) -> None:
+    """URL, headers (names, values, order), extensions and body equal ``build_request``'s, for plain ids (the
+    shortcut) and for ids that need URL parsing (dots, spaces, slashes, non-ASCII, empty), first and cached."""
+    client, _ = make_client(base_url=base_url)
+    rng = random.Random(7)
+    alphabet = "abcXYZ019._~-%/ ?#üñ@+"
+    ids = ["u1", "user-000123", "first.last@example.com", ".", "..", "a b", "x/y", "%41", "ü", "", "~_-."]
+    ids += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(200)]
+    assert client._plain_url is not None
+    async with client:
+        for body in (b'{"data":[{}]}', b"x" * 1000, None):
+            method = "GET" if body is None else "POST"
+            for user_id in ids:
+                path = Route(Endpoint.USER_ATTRIBUTIONS, organization_id="org 1", user_id=user_id).path
+                for _ in range(2):  # the path's first request, then the cached one
+                    made = client._request(method, path, body)
+                    built = client._http.build_request(method, path, content=body, headers=None if body is None else {
+                        "Content-Type": "application/json"
+                    })  # fmt: skip
+                    assert (str(made.url), made.url.raw_path) == (str(built.url), built.url.raw_path), user_id
+                    assert made.headers.raw == built.headers.raw
+                    assert made.extensions == built.extensions
+                    assert made.read() == built.read()
+
+
+async def test_cookies_are_neither_kept_nor_sent() -> None:
+    """A Set-Cookie from the API is ignored: no later request (API or token) carries a Cookie header."""
+    client, fake = make_client(lambda request: httpx.Response(202, headers={"Set-Cookie": "AWSALB=abc; Path=/"}))
+    async with client:
+        await client.send_batch(TXN, ITEMS)
+        await client.send_batch(TXN, ITEMS)
+        assert not client._http.cookies
+    assert all("Cookie" not in request.headers for request in fake.api_requests)
+
+
+async def test_event_hooks_run_around_each_request() -> None:
+    """Request hooks see each request before it is sent, response hooks each response (with its request)."""
+    client, _ = make_client()
+    seen: list[tuple[str, str]] = []
+
+    async def on_request(request: httpx.Request) -> None:
+        seen.append(("request", request.url.path))
+
+    async def on_response(response: httpx.Response) -> None:
+        seen.append(("response", f"{response.status_code} {response.request.url.path}"))
+
+    client._http.event_hooks = {"request": [on_request], "response": [on_response]}
+    async with client:
+        await client.send_batch(TXN, ITEMS)
+    path = "/v2/issuers/org 1/transactions"
+    token = [("request", "/v2/auth/token"), ("response", "200 /v2/auth/token")]  # through AsyncClient, as before
+    assert seen == [*token, ("request", path), ("response", f"202 {path}")]
+
+
+# -- over real sockets, on the default transport ------------------------------------------------------------
+
+
+def socket_client(url: str, **overrides: Any) -> KardClient:
+    return KardClient(config(base_url=url, **overrides), wall_clock=lambda: WALL)
+
+
+async def test_default_transport_end_to_end_with_token_refresh_gzip_and_cap() -> None:
+    """Through the default transport: token, 401 refresh and retry, a gzip 207 decoded, a body over the cap cut
+    (and its connection dropped), statuses counted, one connection kept alive for all the rest."""
+    token = 0
+    answers: list[bytes] = []
+
+    def respond(head: bytes, body: bytes) -> bytes:
+        nonlocal token
+        if head.startswith(b"POST /v2/auth/token"):
+            token += 1
+            doc = orjson.dumps({"access_token": f"tok{token}", "expires_in": 3600})
+            return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(doc), doc)
+        if b"authorization: bearer tok1" in head.lower():
+            return b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}"
+        return answers.pop(0)
+
+    errors = gzip.compress(orjson.dumps({"errors": [{"status": "400", "title": "x", "detail": "y", "id": "e2"}]}))
+    answers.append(b"HTTP/1.1 207 Multi-Status\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(errors))
+    answers[-1] += errors
+    answers.append(b"HTTP/1.1 202 Accepted\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000)
+    async with serving() as server:
+        server.respond = respond
+        async with socket_client(server.url, max_response_bytes=1024) as client:
+            result = await client.send_batch(TXN, ITEMS)
+            assert [o.kind for o in result.outcomes] == [
+                OutcomeKind.ACCEPTED, OutcomeKind.REJECTED, OutcomeKind.ACCEPTED
+            ]  # fmt: skip
+            capped = await client.send_batch(TXN, ITEMS)
+            assert capped.all_accepted and capped.summary["truncated"] is True
+            stats = client.statistics()
+            assert (stats.requests_by_status, stats.unauthorized_retries, stats.token_refreshes) == (
+                {207: 1, 202: 1}, 1, 2
+            )  # fmt: skip
+            pool = client._http._transport._pool  # type: ignore[attr-defined]
+            assert pool.connections == []  # the capped answer's connection was dropped, not drained ...
+        assert server.connections == 1  # ... and all the rest went over one kept-alive connection
+
+
+async def test_default_transport_errors_are_translated() -> None:
+    """A connection closed without an answer is transient; so is a read timeout; the client stays usable."""
+    async with serving() as server:
+        token = b'{"access_token": "t", "expires_in": 3600}'
+        server.respond = lambda head, body: (
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(token), token)
+            if b"/auth/token" in head else None
+        )  # fmt: skip
+        async with socket_client(server.url, read_timeout=0.1) as client:
+            with pytest.raises(TransientDeliveryError, match="RemoteProtocolError"):
+                await client.send_batch(TXN, ITEMS)
+
+            async def slow(head: bytes) -> None:
+                if b"/auth/token" not in head:
+                    await asyncio.sleep(0.5)
+
+            server.gate = slow
+            with pytest.raises(TransientDeliveryError, match="ReadTimeout"):
+                await client.send_batch(TXN, ITEMS)
+            assert client.statistics().transport_errors == 2 and client.statistics().in_flight == 0
+
+
+async def test_with_another_httpcore_the_client_shields_httpcores_own_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an httpcore release the pool was not checked against, the client runs on httpcore's pool, through
+    the cancel-safe wrapper, and a request cancelled on the wire leaves no slot behind."""
+    import httpcore
+
+    from bridge.kard.client import _CancelSafeTransport
+
+    monkeypatch.setattr(httpcore, "__version__", "9.9.9")
+    token = b'{"access_token": "t", "expires_in": 3600}'
+    hang = True
+
+    async def gate(head: bytes) -> None:
+        if hang and b"/auth/token" not in head:
+            await asyncio.sleep(3600)
+
+    async with serving() as server:
+        server.gate = gate
+        server.respond = lambda head, body: (
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(token), token)
+            if b"/auth/token" in head else b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}"
+        )  # fmt: skip
+        async with socket_client(server.url, max_connections=1, max_keepalive_connections=1) as client:
+            assert isinstance(client._transport, _CancelSafeTransport)
+            assert type(client._transport._pool) is httpcore.AsyncConnectionPool
+            sending = asyncio.ensure_future(client.send_batch(TXN, ITEMS))
+            await asyncio.sleep(0.1)
+            sending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sending
+            hang = False
+            async with asyncio.timeout(5):
+                assert (await client.send_batch(TXN, ITEMS)).all_accepted

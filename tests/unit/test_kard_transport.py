@@ -1,4 +1,4 @@
-"""Tests for ``bridge.kard.transport``: the asyncio network stream, its errors, TLS, and the linear-time pool."""
+"""Tests for ``bridge.kard.network`` (the asyncio stream, its errors, TLS) and ``bridge.kard.transport``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import httpcore
 import httpx
 import pytest
 
-from bridge.kard import transport as kard_transport
+from bridge.kard import network as kard_network
+from bridge.kard.pool import Pool
 from bridge.kard.transport import AsyncioBackend, AsyncioStream, make_transport
 
 # -- a stream over a socket pair (no listening socket, no connect) -------------------------------------------
@@ -28,7 +29,7 @@ async def stream_pair() -> AsyncIterator[tuple[AsyncioStream, socket.socket]]:
     client_sock, server_sock = socket.socketpair()
     server_sock.setblocking(False)
     transport, protocol = await asyncio.get_running_loop().create_connection(
-        kard_transport._StreamProtocol, sock=client_sock
+        kard_network._StreamProtocol, sock=client_sock
     )
     stream = AsyncioStream(transport, protocol)
     try:
@@ -84,6 +85,19 @@ async def test_a_large_request_is_sent_at_once_and_intact() -> None:
             received += await recv_some(server)
         await writing
         assert bytes(received) == payload
+
+
+async def test_a_large_request_after_its_headers_arrives_intact_and_in_order() -> None:
+    """Headers then a body above the threshold: handed to the transport piece by piece, received in order."""
+    payload = bytes(random.Random(2).randbytes(512 * 1024))
+    async with stream_pair() as (stream, server):
+        await stream.write(b"POST / HTTP/1.1\r\n\r\n")
+        writing = asyncio.ensure_future(stream.write(payload, timeout=5))
+        received = bytearray()
+        while len(received) < len(payload) + 19:
+            received += await recv_some(server)
+        await writing
+        assert bytes(received) == b"POST / HTTP/1.1\r\n\r\n" + payload
 
 
 async def test_read_times_out_when_nothing_arrives() -> None:
@@ -224,7 +238,7 @@ async def test_tls_upgrade_verifies_the_server_and_carries_data(tmp_path: Path) 
         client_sock, server_sock = socket.socketpair()
         # The server side completes its handshake only once the client starts one: run it alongside.
         accepting = asyncio.ensure_future(loop.connect_accepted_socket(_Echo, server_sock, ssl=server_ctx))
-        transport, protocol = await loop.create_connection(kard_transport._StreamProtocol, sock=client_sock)
+        transport, protocol = await loop.create_connection(kard_network._StreamProtocol, sock=client_sock)
         plain = AsyncioStream(transport, protocol)
         try:
             if not ok:
@@ -274,82 +288,17 @@ async def test_requests_reuse_a_connection_and_survive_a_server_closing_it() -> 
     assert connections == 3
 
 
-# -- the pool: the same decisions as httpcore's, in linear time ----------------------------------------------
-
-
-class _FakeConnection:
-    """A pooled connection whose state the test sets: closed, expired, idle, available, origin."""
-
-    def __init__(self, name: str, rng: random.Random, origins: list[httpcore.Origin]) -> None:
-        self.name = name
-        self.origin = rng.choice(origins)
-        self.closed = rng.random() < 0.15
-        self.expired = rng.random() < 0.15
-        self.idle = rng.random() < 0.5
-        self.available = self.idle and rng.random() < 0.8
-
-    def is_closed(self) -> bool:
-        return self.closed
-
-    def has_expired(self) -> bool:
-        return self.expired
-
-    def is_idle(self) -> bool:
-        return self.idle
-
-    def is_available(self) -> bool:
-        return self.available
-
-    def can_handle_request(self, origin: httpcore.Origin) -> bool:
-        return origin == self.origin
-
-
-class _FakeRequest:
-    """A pool request: queued or not, for an origin; records the connection it was given."""
-
-    def __init__(self, origin: httpcore.Origin, queued: bool) -> None:
-        self.request = httpcore.Request("GET", httpcore.URL(scheme=origin.scheme, host=origin.host, port=origin.port))
-        self.queued = queued
-        self.connection: Any = None
-
-    def is_queued(self) -> bool:
-        return self.queued and self.connection is None
-
-    def assign_to_connection(self, connection: Any) -> None:
-        self.connection = connection
-
-
-def _pool_state(pool_class: type[httpcore.AsyncConnectionPool], seed: int) -> tuple[Any, ...]:
-    """Run one bookkeeping pass of ``pool_class`` on a random pool; return the kept, closed and assigned names."""
-    rng = random.Random(seed)
-    origins = [httpcore.Origin(b"http", b"a", 80), httpcore.Origin(b"https", b"b", 443)]
-    max_connections = rng.randint(1, 8)
-    pool = pool_class(max_connections=max_connections, max_keepalive_connections=rng.randint(0, max_connections))
-    fresh = iter(range(1000))
-    pool.create_connection = lambda origin: _FakeConnection(f"new-{next(fresh)}", rng, origins)  # type: ignore[method-assign,assignment,return-value]
-    pool._connections = [_FakeConnection(f"c{i}", rng, origins) for i in range(rng.randint(0, 10))]  # type: ignore[misc]
-    requests = [_FakeRequest(rng.choice(origins), rng.random() < 0.7) for _ in range(rng.randint(0, 6))]
-    pool._requests = requests  # type: ignore[assignment]
-    closing = pool._assign_requests_to_connections()
-    return (
-        [c.name for c in pool._connections],  # type: ignore[attr-defined]
-        [c.name for c in closing],  # type: ignore[attr-defined]
-        [r.connection.name if r.connection is not None else None for r in requests],
-    )
-
-
-@pytest.mark.parametrize("seed", range(400))
-def test_pool_makes_the_same_decisions_as_httpcore(seed: int) -> None:
-    """For random pools and queues, the override closes, keeps, creates and assigns exactly as httpcore 1.0.9."""
-    assert _pool_state(kard_transport._Pool, seed) == _pool_state(httpcore.AsyncConnectionPool, seed)
+# -- the pool (its behaviour: tests/unit/test_kard_pool.py) ----------------------------------------------------
 
 
 def test_the_override_is_used_only_with_the_httpcore_it_was_checked_against(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A different httpcore release gets httpcore's own pool."""
+    """A different httpcore release gets httpcore's own pool (and a transport the client shields)."""
     limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
-    assert type(make_transport(limits=limits, https=False)._pool) is kard_transport._Pool
+    assert type(make_transport(limits=limits, https=False)._pool) is Pool
+    assert getattr(make_transport(limits=limits, https=False), "cancel_safe", False) is True
     monkeypatch.setattr(httpcore, "__version__", "9.9.9")
     assert type(make_transport(limits=limits, https=False)._pool) is httpcore.AsyncConnectionPool
+    assert getattr(make_transport(limits=limits, https=False), "cancel_safe", False) is False
 
 
 def test_pool_settings_come_from_the_limits_and_https_gets_a_verifying_context() -> None:
