@@ -171,8 +171,14 @@ def require_path_safe(value: str, pointer: str) -> str:
 
 
 def _encode(item: dict[str, Any]) -> bytes:
+    """The item's wire JSON, right-sized: it lives as long as the record is buffered.
+
+    orjson (3.12+) returns bytes in an allocation of at least 4 KiB whatever their length, and an item is
+    a few hundred bytes: kept as is, 20,000 buffered records held ~80 MB of slack (measured with
+    tracemalloc). One copy of the exact length costs far less than that memory.
+    """
     try:
-        return orjson.dumps(item)
+        return memoryview(orjson.dumps(item)).tobytes()
     except orjson.JSONEncodeError:
         # Only reachable through a mapping hook: values straight from decode_value always encode.
         raise MappingError(
