@@ -68,7 +68,8 @@ class KafkaSettings(_Section):
     heartbeat_interval: float = Field(default=3.0, gt=0)
     max_poll_interval: float = Field(default=300.0, gt=0)
     rebalance_timeout: float | None = Field(default=None, gt=0)
-    max_partition_fetch_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # = the catalogue's input max.message.bytes: larger fetches only hold more records in aiokafka's buffers.
+    max_partition_fetch_bytes: int = Field(default=1_048_588, gt=0)
     fetch_max_wait: float = Field(default=0.1, gt=0)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     static_membership: bool = False
@@ -242,7 +243,7 @@ class BridgeSettings(_Section):
         "(and by at least 10 %) counts as back-pressure.",
     )
     # Buffers (records consumed but not yet finished) and commits.
-    buffer_max_records: int = Field(default=20_000, gt=0)
+    buffer_max_records: int = Field(default=10_000, gt=0)
     buffer_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     commit_interval: float = Field(default=1.0, gt=0)
     drain_timeout: float = Field(default=25.0, gt=0)
