@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as _KTP
+from aiokafka.consumer import fetcher as _fetcher
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
@@ -24,6 +25,44 @@ from bridge.records import SourceRecord, TopicPartition
 __all__ = ["BridgeConsumer", "RebalanceHandler"]
 
 _log = structlog.get_logger("bridge.kafka.consumer")
+
+
+def _free_dropped_fetches() -> None:
+    """Make aiokafka free a partition's fetched data as soon as it drops it, not at the next full GC.
+
+    aiokafka's ``PartitionRecords`` and its ``_unpack_records`` generator reference each other; the cycle is
+    broken only when the records are iterated to the end. Fetched data dropped before that (partitions
+    paused by flow control, revoked, or sought) keeps its raw fetch buffer (up to
+    ``max_partition_fetch_bytes`` per partition) alive until a cyclic collection of the oldest generation.
+    Every back-pressure pause drops the prefetched data of all assigned partitions (aiokafka fetches it again
+    on resume), so with a backlog these buffers pile up between full collections: 1M-record backlog, peak
+    RSS 270 -> 191 MB. Dropping the generator breaks the cycle at once. Skipped if aiokafka's internals differ.
+    """
+    result = getattr(_fetcher, "FetchResult", None)
+    check = getattr(result, "check_assignment", None)
+    if result is None or check is None or getattr(check, "_bridge_frees_records", False):
+        return
+
+    def _unlink(records: Any) -> None:
+        if records is not None and hasattr(records, "_records_iterator"):
+            records._records_iterator = None  # the generator was the cycle's only other member
+
+    def check_assignment(self: Any, tp: _KTP) -> bool:
+        records = self._partition_records
+        fetchable: bool = check(self, tp)
+        if not fetchable:
+            _unlink(records)  # aiokafka has just dropped them (paused, unassigned or sought partition)
+        return fetchable
+
+    def __del__(self: Any) -> None:  # dropped by a seek, an offset reset or an assignment change
+        _unlink(getattr(self, "_partition_records", None))
+
+    check_assignment._bridge_frees_records = True  # type: ignore[attr-defined]
+    result.check_assignment = check_assignment
+    result.__del__ = __del__
+
+
+_free_dropped_fetches()
 
 
 class RebalanceHandler(Protocol):
