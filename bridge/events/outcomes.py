@@ -197,15 +197,9 @@ class ResultValue(_Model):
     bridge: BridgeRef
 
 
-class BatchRecordRef(_Model):
-    """One delivered input record of a batch result: where it was and which item it became."""
+class BatchRecordRef(SourceRef):
+    """One delivered input record of a batch result: where it was (as in a result's ``source``) and its item."""
 
-    topic: str
-    partition: int = Field(ge=0)
-    offset: int = Field(ge=0)
-    key: str | None = Field(description="The record key: text when printable UTF-8, else base64.")
-    key_encoding: KeyEncoding | None
-    timestamp_ms: int = Field(description="The input record's timestamp, epoch milliseconds.")
     event_id: str | None = Field(description="The issuer's event id.")
     item_id: str = Field(description="The Kard item id, or the item digest for items without one.")
 
