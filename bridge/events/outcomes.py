@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from bridge.errors import BridgeError, DeliveryError, RecordError, RejectedError, TransientDeliveryError
 from bridge.events.common import format_utc
 from bridge.records import Header, SourceRecord
-from bridge.routes import Endpoint, MappedItem
+from bridge.routes import Endpoint, MappedItem, Route
 
 __all__ = [
     "FAILURE_HEADER_NAMES",
@@ -286,6 +286,24 @@ def _result_tail(
     return tail
 
 
+def _source_fields(record: SourceRecord) -> dict[str, Any]:
+    """A :class:`SourceRef` as plain JSON fields (shared by result and batch result values)."""
+    key, key_encoding = encode_key(record.key)
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": key,
+        "key_encoding": key_encoding,
+        "timestamp_ms": record.timestamp_ms,
+    }
+
+
+def _route_fields(route: Route) -> dict[str, Any]:
+    """A :class:`RouteRef` as plain JSON fields."""
+    return {"endpoint": route.endpoint.value, "path": route.path, "organization_id": route.organization_id}
+
+
 def build_result_value(
     record: SourceRecord,
     item: MappedItem,
@@ -304,23 +322,14 @@ def build_result_value(
     The fields from ``http_status`` on are serialised once per distinct argument set (see
     :class:`_TailMemo`), which the records of one batch share.
     """
-    key, key_encoding = encode_key(record.key)
-    route = item.route
     head = orjson.dumps(
         {
             "schema_version": RESULT_SCHEMA_VERSION,
             "outcome": "delivered",
-            "source": {
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "key": key,
-                "key_encoding": key_encoding,
-                "timestamp_ms": record.timestamp_ms,
-            },
+            "source": _source_fields(record),
             "event_id": item.event_id or None,
             "item_id": item.item_id,
-            "route": {"endpoint": route.endpoint.value, "path": route.path, "organization_id": route.organization_id},
+            "route": _route_fields(item.route),
         }
     )
     tail = _result_tail(
@@ -347,28 +356,16 @@ def build_batch_result_value(
     """
     if not delivered:
         raise ValueError("a batch result needs at least one delivered record")
-    entries = []
-    for record, item in delivered:
-        key, key_encoding = encode_key(record.key)
-        entries.append(
-            {
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "key": key,
-                "key_encoding": key_encoding,
-                "timestamp_ms": record.timestamp_ms,
-                "event_id": item.event_id or None,
-                "item_id": item.item_id,
-            }
-        )
-    route = delivered[0][1].route
+    entries = [
+        _source_fields(record) | {"event_id": item.event_id or None, "item_id": item.item_id}
+        for record, item in delivered
+    ]
     head = orjson.dumps(
         {
             "schema_version": RESULT_SCHEMA_VERSION,
             "outcome": "delivered_batch",
             "records": entries,
-            "route": {"endpoint": route.endpoint.value, "path": route.path, "organization_id": route.organization_id},
+            "route": _route_fields(delivered[0][1].route),
         }
     )
     tail = _result_tail(
